@@ -1,0 +1,49 @@
+# diffattr: install, run, test. Everything installs from the pinned files in requirements/.
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+STAMP       := $(VENV)/.installed
+CORES       ?= all
+
+.PHONY: install run test test-all lint bench lock clean
+
+$(STAMP): pyproject.toml requirements/base.txt requirements/nodeps.txt $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q pip==26.3
+	$(PIP) install -c $(CONSTRAINTS) -r requirements/base.txt
+	# curvlinops without its torchvision-pulling dependency (see requirements/base.txt)
+	$(PIP) install --no-deps -c $(CONSTRAINTS) -r requirements/nodeps.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP)
+
+## The default study (config.yaml) end to end.
+run: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+## The test suite without GPU and slow tests (what CI runs).
+test: $(STAMP)
+	$(VENV)/bin/pytest -m "not gpu and not slow"
+
+## Every test, including slow ones (and GPU ones where CUDA is present).
+test-all: $(STAMP)
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/snakemake --lint
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+## Refresh the lock file from the current environment.
+lock: $(STAMP)
+	( echo "# Lock file: every package of the tested environment, used as pip constraints (make install)."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(PIP) freeze --exclude-editable | grep -v '^diffattr' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' ) > $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) .snakemake .pytest_cache

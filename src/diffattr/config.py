@@ -1,0 +1,142 @@
+"""Experiment configuration: loading, validation against the JSON Schema, defaults.
+
+The schema lives in ``diffattr/schemas/config.schema.yaml`` (the top-level ``schemas/`` folder links to it).
+Validation fills in defaults and reports every problem with the dotted key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid; the message names the key and what is allowed."""
+
+
+def schema() -> dict[str, Any]:
+    """Return the config JSON Schema as a dict."""
+    text = resources.files("diffattr").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _extend_with_defaults(validator_class: type) -> type:
+    # jsonschema validates but never fills defaults; this is the documented recipe
+    # (python-jsonschema FAQ "Why doesn't my schema's default property set the default on my instance?").
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema_):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema_)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path: Any) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def _allowed(error: jsonschema.ValidationError) -> str:
+    s = error.schema if isinstance(error.schema, dict) else {}
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = sorted(s.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        hints = []
+        for k in extra:
+            close = difflib.get_close_matches(k, allowed, n=1)
+            hints.append(f"unknown key '{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return "; ".join(hints) + f"; allowed keys: {', '.join(allowed)}"
+    if v == "enum":
+        return f"allowed values: {', '.join(map(repr, s['enum']))}"
+    if v == "const":
+        return f"allowed value: {s['const']!r}"
+    if v in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
+        lo = f">= {s['minimum']}" if "minimum" in s else f"> {s['exclusiveMinimum']}" if "exclusiveMinimum" in s else ""
+        hi = f"<= {s['maximum']}" if "maximum" in s else f"< {s['exclusiveMaximum']}" if "exclusiveMaximum" in s else ""
+        return "allowed: a value " + " and ".join(x for x in (lo, hi) if x)
+    if v == "type":
+        return f"allowed type: {s['type']}"
+    if v == "pattern":
+        return f"allowed: strings matching {s['pattern']}"
+    if "description" in s:
+        return s["description"].strip()
+    return ""
+
+
+def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate a config against the schema and return a copy with all defaults filled in.
+
+    Args:
+        config: The parsed config mapping.
+        source: Where the config came from (a file name), used in error messages.
+
+    Returns:
+        A new dict with defaults filled in.
+
+    Raises:
+        ConfigError: Listing every invalid key with its value and the allowed values.
+    """
+    cfg = json.loads(json.dumps(dict(config)))  # plain, deep copy (also rejects non-JSON values early)
+    validator = _DefaultFillingValidator(schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for e in errors:
+            where = _key(e.absolute_path)
+            allowed = _allowed(e)
+            lines.append(f"  - config key '{where}': {e.message}" + (f" ({allowed})" if allowed else ""))
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines))
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply optional overrides (deep-merged) and validate it.
+
+    Args:
+        path: YAML file.
+        overrides: Mapping deep-merged on top of the file's content.
+
+    Returns:
+        The validated config with defaults.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(raw).__name__}")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return validate_config(raw, source=str(path))
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively by ``update`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

@@ -1,0 +1,27 @@
+"""Data sources, the training-set artefact and random subsets."""
+
+from diffattr.data.dataset import prepare_dataset, read_train, select
+from diffattr.data.sources import (
+    DataError,
+    RawImages,
+    fetch,
+    load_cifar10_python,
+    load_digits,
+    load_image_folder,
+)
+from diffattr.data.subsets import draw_subsets, make_subsets, read_subsets
+
+__all__ = [
+    "DataError",
+    "RawImages",
+    "draw_subsets",
+    "fetch",
+    "load_cifar10_python",
+    "load_digits",
+    "load_image_folder",
+    "make_subsets",
+    "prepare_dataset",
+    "read_subsets",
+    "read_train",
+    "select",
+]

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffattr.config import ConfigError, load_config, validate_config
+from tests.conftest import REPO
+
+CONFIGS = [REPO / "config.yaml", *sorted((REPO / "experiments").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate_and_name_their_experiment(path: Path):
+    cfg = load_config(path)
+    raw = yaml.safe_load(path.read_text())
+    assert cfg["experiment"] == raw["experiment"]
+    # defaults are filled for every section
+    assert {"data", "subsets", "model", "train", "sample", "measure", "influence", "trak"} <= set(cfg)
+
+
+def test_defaults_are_filled():
+    cfg = validate_config({"experiment": "x"})
+    assert cfg["data"]["source"] == "digits"
+    assert cfg["subsets"]["fraction"] == 0.5
+    assert cfg["influence"]["default_damping"] == 1e-8
+    assert cfg["influence"]["variants"] == [{"fisher": "mc", "approx": "expand", "eigencorrection": False}]
+
+
+def test_paper_settings_in_cifar_configs():
+    c2 = load_config(REPO / "experiments/cifar2.yaml")
+    assert c2["data"]["classes"] == ["automobile", "horse"] and c2["data"]["per_class"] == 2500
+    assert c2["train"]["steps"] == 32000 and c2["train"]["subset_steps"] == 16000
+    assert c2["subsets"]["n_subsets"] * c2["subsets"]["seeds_per_subset"] == 500
+    assert c2["measure"]["mc_samples"] == 5000 and c2["sample"]["n_samples"] == 200
+    assert c2["trak"]["projection_dim"] == 32768 and c2["influence"]["gradient_mc_samples"] == 250
+    c10 = load_config(REPO / "experiments/cifar10.yaml")
+    assert c10["data"]["classes"] is None and c10["train"]["steps"] == 160000
+
+
+@pytest.mark.parametrize(
+    "bad, key, allowed",
+    [
+        ({"data": {"clases": ["1"]}}, "'data'", "did you mean 'classes'"),
+        ({"data": {"source": "cifar"}}, "'data.source'", "'digits', 'cifar10_python', 'image_folder'"),
+        ({"subsets": {"fraction": 1.5}}, "'subsets.fraction'", "> 0 and < 1"),
+        ({"train": {"steps": 0}}, "'train.steps'", ">= 1"),
+        ({"influence": {"variants": [{"fisher": "exact"}]}}, "'influence.variants[0].fisher'", "'mc', 'empirical'"),
+        ({"sampel": {}}, "'<top level>'", "did you mean 'sample'"),
+        ({"data": {"source": "image_folder"}}, "'data.path'", "string"),
+    ],
+)
+def test_invalid_keys_name_key_and_allowed_values(bad, key, allowed):
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"experiment": "x", **bad}, source="my.yaml")
+    msg = str(exc.value)
+    assert "my.yaml" in msg and key in msg and allowed in msg, msg
+
+
+def test_missing_experiment_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="'experiment' is a required property"):
+        validate_config({})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at top level"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_overrides_deep_merge():
+    cfg = load_config(REPO / "experiments/smoke.yaml", overrides={"data": {"per_class": 5}})
+    assert cfg["data"]["per_class"] == 5 and cfg["data"]["classes"] == ["1", "7"]

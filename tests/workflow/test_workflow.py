@@ -1,0 +1,43 @@
+"""The real Snakemake workflow on scratch copies: dry runs of every config, lint, the smoke run, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from diffattr.data import read_subsets, read_train
+from tests.conftest import REPO, run_snakemake
+
+CONFIGS = ["config.yaml", *sorted(f"experiments/{p.name}" for p in (REPO / "experiments").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("configfile", CONFIGS)
+def test_dry_run_every_config(workflow_dir, configfile):
+    proc = run_snakemake(workflow_dir, "-n", "--cores", "1", "--configfile", configfile)
+    assert "prepare_dataset" in proc.stdout
+
+
+def test_lint_is_clean(workflow_dir):
+    proc = run_snakemake(workflow_dir, "--lint", "--cores", "1")
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+
+
+def test_bad_config_fails_at_parse_time_naming_the_key(workflow_dir):
+    (workflow_dir / "bad.yaml").write_text(yaml.safe_dump({"experiment": "bad", "subsets": {"fractoin": 0.5}}))
+    proc = run_snakemake(workflow_dir, "-n", "--cores", "1", "--configfile", "bad.yaml", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config key 'subsets'" in out and "did you mean 'fraction'" in out, out[-2000:]
+
+
+def test_smoke_data_stage(workflow_dir):
+    targets = ["results/smoke/data/train.h5", "results/smoke/data/subsets.h5"]
+    run_snakemake(workflow_dir, *targets, "--cores", "2", "--configfile", "experiments/smoke.yaml")
+    train = read_train(workflow_dir / targets[0])
+    sub = read_subsets(workflow_dir / targets[1])
+    assert train["images"].shape == (40, 1, 8, 8)
+    assert sub["masks"].shape == (3, 40) and (sub["masks"].sum(1) == 20).all()
+    assert (workflow_dir / "results/smoke/logs/prepare_dataset.log").read_text().count("training set: 40 images") == 1
+    # nothing to do on a rerun
+    proc = run_snakemake(workflow_dir, *targets, "-n", "--cores", "1", "--configfile", "experiments/smoke.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
