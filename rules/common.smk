@@ -13,11 +13,37 @@ def logfile(name):
     return f"{RESULTS}/logs/{name}.log"
 
 
+def benchmark(name):
+    return f"{RESULTS}/benchmarks/{name}.tsv"
+
+
+# Model ids: "full" (the whole training set) and "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed).
 wildcard_constraints:
+    model=r"full|subset\d+_seed\d+",
     subset=r"\d+",
     seed=r"\d+",
 
 
+SUBSET_MODELS = [
+    f"subset{m}_seed{k}"
+    for m in range(config["subsets"]["n_subsets"])
+    for k in range(config["subsets"]["seeds_per_subset"])
+]
+ALL_MODELS = ["full", *SUBSET_MODELS]
+MODEL_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "loss.csv", "train_info.json"]
+
+
+def model_files(model):
+    """The files train_model writes for a model id."""
+    return [res(f"models/{model}/{name}") for name in MODEL_FILES]
+
+
 def all_targets():
     """Everything `rule all` builds for the configured experiment."""
-    return [res("data/train.h5"), res("data/subsets.h5")]
+    return [
+        res("data/train.h5"),
+        res("data/subsets.h5"),
+        *[f for model in ALL_MODELS for f in model_files(model)],
+        res("samples/samples.h5"),
+        res("samples/samples.png"),
+    ]

@@ -11,14 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "envs", "schemas", "config.yaml", "experiments", "src", "requirements"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "report", "scripts", "envs", "schemas", "config.yaml", "experiments", "src", "requirements"]
 
 
-@pytest.fixture
-def workflow_dir(tmp_path: Path) -> Path:
-    """A scratch copy of the workflow (Snakefile, rules, scripts, configs) to run Snakemake in."""
-    wd = tmp_path / "wf"
-    wd.mkdir()
+def copy_workflow(wd: Path) -> Path:
+    """Copy the workflow (Snakefile, rules, scripts, configs) into ``wd``."""
+    wd.mkdir(parents=True)
     for part in WORKFLOW_PARTS:
         src = REPO / part
         if src.is_dir():
@@ -26,6 +24,20 @@ def workflow_dir(tmp_path: Path) -> Path:
         else:
             shutil.copy2(src, wd / part)
     return wd
+
+
+@pytest.fixture
+def workflow_dir(tmp_path: Path) -> Path:
+    """A scratch copy of the workflow to run Snakemake in."""
+    return copy_workflow(tmp_path / "wf")
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole smoke study (experiments/smoke.yaml), run once through real Snakemake; returns its results dir."""
+    wd = copy_workflow(tmp_path_factory.mktemp("smoke") / "wf")
+    run_snakemake(wd, "--cores", "2", "--configfile", "experiments/smoke.yaml")
+    return wd / "results" / "smoke"
 
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,0 +1,167 @@
+"""DDPM (Ho et al., 2020) in code.
+
+Time indices follow diffusers: ``t`` in ``0..T-1``, where index ``t`` is the paper's step ``t + 1``
+(so ``x_t`` at index 0 is one noising step away from the data ``x_0``). Images live in ``[-1, 1]``.
+
+The schedule constants come from diffusers' ``DDPMScheduler`` (linear betas, ``fixed_small`` variance, no
+clipping of the predicted ``x_0``, so that the sampler is exactly the Gaussian reverse process whose likelihood
+the measurements evaluate). :meth:`Schedule.posterior` and :meth:`Schedule.reverse` are the one place that
+defines the per-step Gaussians; sampling, the ELBO and the trajectory log-probability all use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def eps_fn(model: torch.nn.Module) -> EpsModel:
+    """Wrap a diffusers ``UNet2DModel`` as ``(x_t [B, C, H, W], t [B]) -> eps [B, C, H, W]``."""
+    return lambda x, t: model(x, t).sample
+
+
+@dataclass
+class Schedule:
+    """Linear-beta DDPM schedule.
+
+    Attributes:
+        betas: ``[T]`` float64.
+        alphas_cumprod: ``[T]`` float64, ᾱ_t = prod_{s<=t} (1 - β_s).
+        scheduler: the diffusers scheduler the constants come from.
+    """
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    scheduler: DDPMScheduler
+
+    @classmethod
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+        """The schedule of Ho et al. (linear betas from ``beta_start`` to ``beta_end`` over T steps)."""
+        sched = DDPMScheduler(
+            num_train_timesteps=num_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule="linear",
+            variance_type="fixed_small",
+            clip_sample=False,
+            prediction_type="epsilon",
+        )
+        # Same linear schedule as the scheduler's, in float64: diffusers keeps betas in float32, which shifts
+        # e.g. beta_1 = 1e-4 by 2.5e-13 and the prior/KL terms of the ELBO by more than their MC error at T.
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        return cls(betas=betas, alphas_cumprod=torch.cumprod(1.0 - betas, 0), scheduler=sched)
+
+    @classmethod
+    def from_config(cls, diffusion_cfg: dict) -> Schedule:
+        """From the ``diffusion`` config section."""
+        return cls.linear(diffusion_cfg["num_timesteps"], diffusion_cfg["beta_start"], diffusion_cfg["beta_end"])
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+    def __post_init__(self) -> None:
+        # Per-step coefficients in float64 (1 - alpha_bar cancels badly in float32 at small t).
+        ab = self.alphas_cumprod
+        ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+        self.alpha_bar_prev = ab_prev
+        self.posterior_var = (1 - ab_prev) / (1 - ab) * self.betas  # beta-tilde; 0 at t = 0
+        self.posterior_coef_x0 = ab_prev.sqrt() * self.betas / (1 - ab)
+        self.posterior_coef_xt = (1 - self.betas).sqrt() * (1 - ab_prev) / (1 - ab)
+
+    def _at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        v = values.to(device=t.device)[t].to(like.dtype)
+        return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε. Shapes ``[B, ...]``, ``t`` ``[B]``."""
+        return self._at(self.alphas_cumprod.sqrt(), t, x0) * x0 + self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * eps
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)."""
+        ab = self.alphas_cumprod
+        return self._at(ab.rsqrt(), t, x_t) * x_t - self._at(((1 - ab) / ab).sqrt(), t, x_t) * eps
+
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(x_{t-1} | x_t, x_0) = N(mean, var I).
+
+        Returns:
+            ``mean`` ``[B, ...]`` and ``var`` ``[B, 1, ...]`` (β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t; 0 at t=0).
+        """
+        mean = self._at(self.posterior_coef_x0, t, x_t) * x0 + self._at(self.posterior_coef_xt, t, x_t) * x_t
+        return mean, self._at(self.posterior_var, t, x_t)
+
+    def reverse(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p_θ(x_{t-1} | x_t) = N(mean, var I) with the ``fixed_small`` variance β̃_t, given ε_θ(x_t, t)."""
+        return self.posterior(self.predict_x0(x_t, t, eps), x_t, t)
+
+
+def ddpm_loss(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """ε-prediction loss ||ε - ε_θ(x_t, t)||² (summed over pixels), differentiable in θ.
+
+    Args:
+        eps_model: ``(x_t, t) -> eps``.
+        schedule: Noise schedule.
+        x0: Clean images ``[B, C, H, W]`` in [-1, 1].
+        t: Time indices ``[B]``.
+        eps: Noise ``[B, C, H, W]``.
+        reduce: Mean over the batch if True, else per-example ``[B]``.
+    """
+    pred = eps_model(schedule.q_sample(x0, t, eps), t)
+    per = (eps - pred).pow(2).flatten(1).sum(1)
+    return per.mean() if reduce else per
+
+
+@torch.no_grad()
+def sample(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    shape: tuple[int, ...],
+    generator: torch.Generator,
+    device: str | torch.device = "cpu",
+    store_trajectory: bool = False,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """DDPM ancestral sampling with the full T steps and ``fixed_small`` variance.
+
+    All randomness (x_T and the per-step noise) is drawn on the CPU from ``generator``, so a seed gives the same
+    samples on any device.
+
+    Args:
+        eps_model: ``(x_t, t) -> eps``.
+        schedule: Noise schedule.
+        shape: ``(B, C, H, W)``.
+        generator: CPU ``torch.Generator``.
+        device: Where the model runs.
+        store_trajectory: Also return every state.
+        progress: Show a progress bar.
+
+    Returns:
+        ``x_0`` ``[B, C, H, W]``, ``x_T`` ``[B, C, H, W]`` and, if requested, the trajectory ``[B, T + 1, C, H, W]`` with
+        ``trajectory[:, 0] = x_T`` and ``trajectory[:, T] = x_0``.
+    """
+    T = schedule.num_timesteps
+    x_T = torch.randn(shape, generator=generator)
+    x = x_T.to(device)
+    traj = [x_T] if store_trajectory else None
+    for step in tqdm(range(T - 1, -1, -1), desc="sampling", disable=not progress, mininterval=2):
+        t = torch.full((shape[0],), step, device=device, dtype=torch.long)
+        mean, var = schedule.reverse(eps_model(x, t), x, t)
+        noise = torch.randn(shape, generator=generator).to(device)
+        x = mean + var.sqrt() * noise if step > 0 else mean
+        if traj is not None:
+            traj.append(x.cpu())
+    return x, x_T, (torch.stack(traj, 1) if traj is not None else None)

@@ -1,0 +1,5 @@
+"""U-Net presets (diffusers ``UNet2DModel``) and loading of trained models."""
+
+from diffattr.models.unet import PRESETS, build_unet, count_parameters, load_model, save_model
+
+__all__ = ["PRESETS", "build_unet", "count_parameters", "load_model", "save_model"]

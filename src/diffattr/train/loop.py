@@ -1,0 +1,261 @@
+"""Training loop.
+
+Recipe (paper appendix G; all values from the ``train`` config section): AdamW, gradient clipping, EMA with
+warm-up (diffusers ``EMAModel``: decay min(d, (1+n)/(10+n))), cosine LR schedule with linear warm-up, uniform
+random batches (with replacement), optional random horizontal flips, precision fp32 / tf32 / bf16 (autocast).
+The EMA weights are the model used downstream.
+
+Resuming: every ``checkpoint_every`` steps the full state (model, EMA, optimiser, LR schedule, all RNG states,
+step, loss history) is written atomically. A rerun with the same arguments continues from the last checkpoint
+and, on CPU, ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from diffattr.data import read_subsets, read_train
+from diffattr.diffusion import Schedule, ddpm_loss
+from diffattr.diffusion.ddpm import eps_fn
+from diffattr.io import atomic_path
+from diffattr.models import build_unet, save_model
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = re.compile(r"^(full|subset(?P<subset>\d+)_seed(?P<seed>\d+))$")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What one model is trained on: ``subset`` None = the full training set."""
+
+    model_id: str
+    subset: int | None
+    seed_index: int | None
+    seed: int
+    steps: int
+
+
+def model_spec(model_id: str, train_cfg: Mapping[str, Any], seeds: np.ndarray | None) -> ModelSpec:
+    """Resolve a model id (``full`` or ``subset{m}_seed{k}``) to its subset, training seed and steps.
+
+    Args:
+        model_id: The id.
+        train_cfg: The ``train`` config section.
+        seeds: ``[M, K]`` training seeds from ``subsets.h5`` (needed for subset models).
+    """
+    match = MODEL_ID.match(model_id)
+    if not match:
+        raise ValueError(f"invalid model id {model_id!r}: expected 'full' or 'subset<m>_seed<k>'")
+    if model_id == "full":
+        return ModelSpec(model_id, None, None, int(train_cfg["seed"]), int(train_cfg["steps"]))
+    m, k = int(match["subset"]), int(match["seed"])
+    if seeds is None or m >= seeds.shape[0] or k >= seeds.shape[1]:
+        shape = None if seeds is None else seeds.shape
+        raise ValueError(f"model id {model_id!r} is outside the subsets file (seeds shape {shape})")
+    return ModelSpec(model_id, m, k, int(seeds[m, k]), int(train_cfg["subset_steps"]))
+
+
+def to_model_space(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> float32 in [-1, 1]."""
+    return torch.from_numpy(images).float().div_(127.5).sub_(1.0)
+
+
+def _set_precision(precision: str) -> None:
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    schedule: Schedule,
+    train_cfg: Mapping[str, Any],
+    seed: int,
+    steps: int,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, list[tuple[int, float, float]]]:
+    """Train ``model`` on ``data`` and return the EMA model and the loss history.
+
+    Args:
+        model: Freshly built U-Net (its initialisation is redone from ``seed``).
+        data: Training images ``[N, C, H, W]`` in [-1, 1].
+        schedule: Noise schedule.
+        train_cfg: The ``train`` config section.
+        seed: Seed of all randomness (initialisation, batches, t, ε, flips, dropout).
+        steps: Number of optimiser steps.
+        checkpoint: Checkpoint file; resumed from when it exists and matches these arguments.
+        device: Torch device.
+        on_step: Called as ``on_step(step, loss)`` after each step (step counts from 1).
+        progress: Show a progress bar.
+
+    Returns:
+        The model holding the EMA weights (eval mode), and ``[(step, loss, lr), ...]``.
+
+    Raises:
+        TrainingDiverged: At the first step with a non-finite loss.
+    """
+    device = torch.device(device)
+    cfg = dict(train_cfg)
+    _set_precision(cfg["precision"])
+    fingerprint = json.dumps({"cfg": cfg, "seed": seed, "steps": steps, "n": int(data.shape[0])}, sort_keys=True)
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):  # dropout uses the global RNG: keep it local to this run
+        torch.manual_seed(seed)
+        for module in model.modules():  # re-initialise from the seed so the run depends on nothing else
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        model.to(device).train()
+        data = data.to(device)
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        sched = get_cosine_schedule_with_warmup(opt, int(round(cfg["warmup_fraction"] * steps)), steps)
+        ema = EMAModel(model.parameters(), decay=cfg["ema_decay"])
+        history: list[tuple[int, float, float]] = []
+        start = 0
+        ckpt = Path(checkpoint) if checkpoint else None
+        if ckpt is not None and ckpt.is_file():
+            state = torch.load(ckpt, map_location=device, weights_only=False)
+            if state.get("fingerprint") == fingerprint:
+                model.load_state_dict(state["model"])
+                ema.load_state_dict(state["ema"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["lr_schedule"])
+                _set_rng_state(state["rng"], gen, device)
+                history, start = list(state["history"]), int(state["step"])
+                log.info("resumed from %s at step %d/%d", ckpt, start, steps)
+            else:
+                log.warning("ignoring checkpoint %s: it was made with other arguments", ckpt)
+        ema.to(device)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            if cfg["precision"] == "bf16"
+            else contextlib.nullcontext()
+        )
+        eps_model = eps_fn(model)
+        n, bs = data.shape[0], cfg["batch_size"]
+        bar = tqdm(total=steps, initial=start, desc="train", disable=not progress, mininterval=2)
+        for step in range(start + 1, steps + 1):
+            idx = torch.randint(n, (bs,), generator=gen)
+            t = torch.randint(schedule.num_timesteps, (bs,), generator=gen)
+            eps = torch.randn((bs, *data.shape[1:]), generator=gen)
+            flip = torch.rand(bs, generator=gen) < 0.5
+            x0 = data[idx.to(device)]
+            if cfg["hflip"]:
+                x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(-1), x0)
+            with autocast:
+                loss = ddpm_loss(eps_model, schedule, x0, t.to(device), eps.to(device)) / x0[0].numel()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"non-finite training loss {value} at step {step}/{steps} (seed {seed})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            opt.step()
+            sched.step()
+            ema.step(model.parameters())
+            history.append((step, value, sched.get_last_lr()[0]))
+            bar.update()
+            if on_step is not None:
+                on_step(step, value)
+            if ckpt is not None and (step % cfg["checkpoint_every"] == 0 or step == steps):
+                state = {
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "lr_schedule": sched.state_dict(),
+                    "rng": _rng_state(gen, device),
+                    "step": step,
+                    "history": history,
+                }
+                with atomic_path(ckpt) as tmp:
+                    torch.save(state, tmp)
+        bar.close()
+    ema.copy_to(model.parameters())
+    return model.eval(), history
+
+
+def train_model(
+    config: Mapping[str, Any],
+    model_id: str,
+    train_path: str | Path,
+    subsets_path: str | Path,
+    out_dir: str | Path,
+    checkpoint: str | Path,
+    device: str = "cpu",
+) -> Path:
+    """Train one model of the fleet and save it (EMA weights) with its loss curve and arguments.
+
+    Writes ``out_dir/config.json`` + ``diffusion_pytorch_model.safetensors`` (diffusers ``save_pretrained``),
+    ``out_dir/loss.csv`` (step, loss, lr) and ``out_dir/train_info.json`` (the arguments that made it).
+    The checkpoint file is deleted after the model is saved.
+    """
+    train_art = read_train(train_path)
+    seeds = read_subsets(subsets_path)["seeds"] if model_id != "full" else None
+    spec = model_spec(model_id, config["train"], seeds)
+    images = train_art["images"]
+    if spec.subset is not None:
+        images = images[read_subsets(subsets_path)["masks"][spec.subset]]
+    n, c, h, w = images.shape
+    log.info("training %s on %d images %s: seed %d, %d steps, device %s", model_id, n, (c, h, w), spec.seed, spec.steps, device)
+    model = build_unet(config["model"]["preset"], in_channels=c, sample_size=h)
+    schedule = Schedule.from_config(config["diffusion"])
+    model, history = train(model, to_model_space(images), schedule, config["train"], spec.seed, spec.steps, checkpoint, device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, out_dir)
+    with atomic_path(out_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as f:
+        w_ = csv.writer(f)
+        w_.writerow(["step", "loss", "lr"])
+        w_.writerows(history)
+    info = {
+        **asdict(spec),
+        "n_train": n,
+        "preset": config["model"]["preset"],
+        "train": dict(config["train"]),
+        "diffusion": dict(config["diffusion"]),
+        "final_loss_mean_last_10pct": float(np.mean([h_[1] for h_ in history[-max(1, len(history) // 10):]])),
+    }
+    with atomic_path(out_dir / "train_info.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
+    Path(checkpoint).unlink(missing_ok=True)
+    log.info("saved %s (final loss %.4f)", out_dir, info["final_loss_mean_last_10pct"])
+    return out_dir

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from diffattr.config import validate_config
+from diffattr.data import load_digits
+from diffattr.diffusion import Schedule
+from diffattr.models import build_unet
+from diffattr.train import TrainingDiverged, model_spec, train
+from diffattr.train.loop import to_model_space
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    raw = load_digits(["1", "7"])
+    return to_model_space(raw.images[:64])
+
+
+def cfg(**kw):
+    return validate_config({"experiment": "t", "train": {"batch_size": 16, "lr": 2e-3, "ema_decay": 0.9, **kw}})["train"]
+
+
+def test_loss_falls(digits):
+    _, hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=0, steps=150, progress=False)
+    losses = np.array([h[1] for h in hist])
+    assert len(hist) == 150
+    assert losses[-30:].mean() < 0.6 * losses[:10].mean(), (losses[:10].mean(), losses[-30:].mean())
+
+
+def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
+    c = cfg(checkpoint_every=4)
+    ref, ref_hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=10, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(step, loss):
+        if step == 7:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=10, checkpoint=ckpt, on_step=kill_at_7, progress=False)
+    assert torch.load(ckpt, weights_only=False)["step"] == 4
+    steps_run = []
+    resumed, hist = train(
+        build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=10, checkpoint=ckpt,
+        on_step=lambda s, _: steps_run.append(s), progress=False,
+    )
+    assert steps_run == [5, 6, 7, 8, 9, 10]  # resumed, not restarted
+    assert hist == ref_hist
+    for (n, p), q in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    # a checkpoint made with other arguments is ignored (restart, not a wrong resume)
+    _, other = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=6, steps=10, checkpoint=ckpt, progress=False)
+    assert other[0][0] == 1
+
+
+def test_same_seed_same_model_other_seed_differs(digits):
+    a, _ = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=1, steps=3, progress=False)
+    b, _ = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=1, steps=3, progress=False)
+    c, _ = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=2, steps=3, progress=False)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_non_finite_loss_names_the_step(digits):
+    bad = digits.clone()
+    bad[:] = float("nan")
+    with pytest.raises(TrainingDiverged, match="non-finite training loss nan at step 1/5"):
+        train(build_unet("unet_tiny"), bad, Schedule.linear(), cfg(), seed=0, steps=5, progress=False)
+
+
+def test_model_spec():
+    c = cfg(steps=100, subset_steps=50, seed=3)
+    seeds = np.array([[11, 12], [21, 22]])
+    assert model_spec("full", c, None).steps == 100 and model_spec("full", c, None).seed == 3
+    s = model_spec("subset1_seed0", c, seeds)
+    assert (s.subset, s.seed_index, s.seed, s.steps) == (1, 0, 21, 50)
+    with pytest.raises(ValueError, match="outside the subsets file"):
+        model_spec("subset2_seed0", c, seeds)
+    with pytest.raises(ValueError, match="invalid model id"):
+        model_spec("subset_1", c, seeds)

@@ -1,0 +1,42 @@
+"""Artefacts of the whole smoke study, run once through real Snakemake (fixture ``smoke_study``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from diffattr.config import load_config
+from diffattr.models import load_model
+from diffattr.sampling import read_samples
+from tests.conftest import REPO
+
+SMOKE = load_config(REPO / "experiments/smoke.yaml")
+M, K = SMOKE["subsets"]["n_subsets"], SMOKE["subsets"]["seeds_per_subset"]
+
+
+def test_trains_full_model_and_fleet(smoke_study):
+    models = sorted(p.name for p in (smoke_study / "models").iterdir())
+    assert len(models) == 1 + M * K
+    assert models == sorted(["full", *[f"subset{m}_seed{k}" for m in range(M) for k in range(K)]])
+    info = json.loads((smoke_study / "models/subset1_seed0/train_info.json").read_text())
+    assert info["steps"] == SMOKE["train"]["subset_steps"] and info["n_train"] == 20 and info["subset"] == 1
+    loss = (smoke_study / "models/full/loss.csv").read_text().splitlines()
+    assert loss[0] == "step,loss,lr" and len(loss) == 1 + SMOKE["train"]["steps"]
+    assert load_model(smoke_study / "models/full").config.sample_size == 8
+    assert not any((smoke_study / "checkpoints").glob("*.pt"))  # removed once a model is saved
+    assert (smoke_study / "benchmarks/train_model/full.tsv").is_file()
+    assert "saved" in (smoke_study / "logs/train_model/full.log").read_text()
+
+
+def test_samples_from_full_model(smoke_study):
+    art = read_samples(smoke_study / "samples/samples.h5")
+    s = SMOKE["sample"]["n_samples"]
+    assert art["samples"].shape == (s, 1, 8, 8) and art["images"].dtype == np.uint8
+    traj = art["trajectories"]
+    assert traj.shape == (s, SMOKE["diffusion"]["num_timesteps"] + 1, 1, 8, 8)
+    np.testing.assert_array_equal(traj[:, 0], art["x_T"])
+    np.testing.assert_array_equal(traj[:, -1], art["samples"])
+    with Image.open(smoke_study / "samples/samples.png") as im:
+        assert im.width > 8 and im.height > 8
