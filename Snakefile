@@ -17,6 +17,7 @@ config.update(validate_config(config, source="config (config.yaml and any --conf
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/measure.smk"
 
 
 rule all:

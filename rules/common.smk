@@ -46,4 +46,5 @@ def all_targets():
         *[f for model in ALL_MODELS for f in model_files(model)],
         res("samples/samples.h5"),
         res("samples/samples.png"),
+        res("measurements/measurements.h5"),
     ]

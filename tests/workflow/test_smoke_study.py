@@ -40,3 +40,16 @@ def test_samples_from_full_model(smoke_study):
     np.testing.assert_array_equal(traj[:, -1], art["samples"])
     with Image.open(smoke_study / "samples/samples.png") as im:
         assert im.width > 8 and im.height > 8
+
+
+def test_measurements_for_every_model(smoke_study):
+    from diffattr.measure import read_measurements
+
+    art = read_measurements(smoke_study / "measurements/measurements.h5")
+    n_models, s = 1 + M * K, SMOKE["sample"]["n_samples"]
+    for name in ("loss", "elbo", "trajectory"):
+        assert art[name].shape == (n_models, s) and np.isfinite(art[name]).all()
+    assert art["timestep_loss"].shape == (n_models, s, len(SMOKE["measure"]["timesteps"]))
+    assert list(art["model_id"]) == ["full", *[f"subset{m}_seed{k}" for m in range(M) for k in range(K)]]
+    assert art["subset"][0] == -1 and sorted(set(art["subset"][1:])) == list(range(M))
+    assert len(set(art["seed"][1:])) == M * K

@@ -89,4 +89,4 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> UNe
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no trained model in {directory} (config.json missing)")
-    return UNet2DModel.from_pretrained(str(directory)).to(device).eval()
+    return UNet2DModel.from_pretrained(str(directory), low_cpu_mem_usage=False).to(device).eval()

@@ -147,7 +147,7 @@ def train(
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         sched = get_cosine_schedule_with_warmup(opt, int(round(cfg["warmup_fraction"] * steps)), steps)
-        ema = EMAModel(model.parameters(), decay=cfg["ema_decay"])
+        ema = EMAModel(model.parameters(), decay=cfg["ema_decay"], foreach=True)
         history: list[tuple[int, float, float]] = []
         start = 0
         ckpt = Path(checkpoint) if checkpoint else None

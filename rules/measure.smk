@@ -1,0 +1,39 @@
+# Measurement oracles: every generated sample measured under every model, then gathered.
+
+
+rule measure_model:
+    input:
+        model=model_files("{model}"),
+        samples=res("samples/samples.h5"),
+    output:
+        measurements=res("measurements/models/{model}.h5"),
+    params:
+        measure=config["measure"],
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=config["resources"]["gpu_runtime"],
+    log:
+        logfile("measure_model/{model}"),
+    benchmark:
+        benchmark("measure_model/{model}")
+    conda:
+        ENV
+    script:
+        "../scripts/measure_model.py"
+
+
+rule gather_measurements:
+    input:
+        measurements=expand(res("measurements/models/{model}.h5"), model=ALL_MODELS),
+    output:
+        measurements=res("measurements/measurements.h5"),
+    params:
+        measure=config["measure"],
+    log:
+        logfile("gather_measurements"),
+    conda:
+        ENV
+    script:
+        "../scripts/gather_measurements.py"

@@ -1,0 +1,23 @@
+"""Measurement functions (differentiable) and the measurement oracles."""
+
+from diffattr.measure.functions import MEASUREMENTS, elbo, loss, timestep_loss, trajectory
+from diffattr.measure.oracle import (
+    crn_draws,
+    gather_measurements,
+    measure_model,
+    measure_samples,
+    read_measurements,
+)
+
+__all__ = [
+    "MEASUREMENTS",
+    "crn_draws",
+    "elbo",
+    "gather_measurements",
+    "loss",
+    "measure_model",
+    "measure_samples",
+    "read_measurements",
+    "timestep_loss",
+    "trajectory",
+]

@@ -1,0 +1,165 @@
+"""Measurement functions against exact references on tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from diffattr.diffusion import Schedule, sample
+from diffattr.measure import crn_draws, measure_samples
+from diffattr.measure import functions as F
+
+D_SHAPE = (1, 4, 4)
+
+
+class LinearEps(torch.nn.Module):
+    """ε_θ(x, t) = a_t · x: tiny, and its expected loss has a closed form."""
+
+    def __init__(self, T: int, scale: float = 0.5, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.a = torch.nn.Parameter(scale + 0.1 * torch.randn(T, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.a[t].reshape(-1, *([1] * (x.ndim - 1))) * x
+
+
+def exact_loss(model: LinearEps, s: Schedule, x0: torch.Tensor) -> torch.Tensor:
+    """(1/T) Σ_t E_ε ||ε - a_t(√ᾱ_t x0 + √(1-ᾱ_t) ε)||² in closed form, per sample ``[B]``."""
+    ab, a = s.alphas_cumprod, model.a.detach()
+    d = x0[0].numel()
+    per_t = (a[:, None] * ab.sqrt()[:, None]) ** 2 * x0.flatten(1).pow(2).sum(1)[None] + d * (1 - a[:, None] * (1 - ab).sqrt()[:, None]) ** 2
+    return per_t.mean(0)
+
+
+def test_mc_loss_converges_to_exact_at_rate_one_over_sqrt_n():
+    s = Schedule.linear(100)
+    model = LinearEps(100)
+    x0 = torch.rand(2, *D_SHAPE, dtype=torch.float64) * 2 - 1
+    exact = exact_loss(model, s, x0)
+    rmse = []
+    for n in (50, 200, 800, 3200):
+        errs = []
+        for rep in range(24):
+            draws = [crn_draws(rep, i, n, D_SHAPE, 100) for i in range(2)]
+            t = torch.stack([d[0] for d in draws])
+            eps = torch.stack([d[1] for d in draws]).double()
+            est = F.loss(model, s, x0, t, eps).mean(1).detach()
+            errs.append(((est - exact) / exact).pow(2).mean().item())
+        rmse.append(math.sqrt(np.mean(errs)))
+    ratios = np.array(rmse[:-1]) / np.array(rmse[1:])  # 4x the draws -> half the error
+    assert rmse[-1] < 0.05
+    assert np.all((ratios > 1.4) & (ratios < 2.9)), (rmse, ratios)
+
+
+def _posterior_closed_form(s: Schedule, x0, x_t, t):
+    """Ho et al. eq. 6-7, written out independently of Schedule.posterior."""
+    b, ab = s.betas[t], s.alphas_cumprod[t]
+    ab_prev = s.alphas_cumprod[t - 1]
+    mean = (ab_prev.sqrt() * b / (1 - ab)) * x0 + ((1 - b).sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+    var = (1 - ab_prev) / (1 - ab) * b
+    return mean, var
+
+
+def test_elbo_kl_terms_match_torch_distributions():
+    s = Schedule.linear(1000)
+    g = torch.Generator().manual_seed(0)
+    x0, x_t, eps_pred = (torch.randn(3, *D_SHAPE, generator=g, dtype=torch.float64) for _ in range(3))
+    for step in (1, 2, 50, 500, 999):
+        t = torch.full((3,), step)
+        ours = F.step_kl(s, x0, x_t, t, eps_pred)
+        mq, var = _posterior_closed_form(s, x0, x_t, step)
+        # p_θ mean from Ho et al. eq. 11: 1/√α_t (x_t - β_t/√(1-ᾱ_t) ε̂)
+        beta, ab = s.betas[step], s.alphas_cumprod[step]
+        mp = (x_t - beta / (1 - ab).sqrt() * eps_pred) / (1 - beta).sqrt()
+        ref = kl_divergence(Normal(mq, var.sqrt()), Normal(mp, var.sqrt())).flatten(1).sum(1)
+        torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-10)
+    prior_ref = kl_divergence(
+        Normal(s.alphas_cumprod[-1].sqrt() * x0, (1 - s.alphas_cumprod[-1]).sqrt()), Normal(0.0, 1.0)
+    ).flatten(1).sum(1)
+    torch.testing.assert_close(F.prior_kl(s, x0), prior_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_decoder_is_a_distribution_over_pixel_levels():
+    levels = torch.linspace(-1, 1, 256, dtype=torch.float64)
+    mean = torch.full_like(levels, 0.3)
+    logp = F.discretized_gaussian_log_likelihood(levels, mean, torch.tensor(math.log(0.05), dtype=torch.float64))
+    assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_trajectory_log_prob_equals_step_by_step_normal_log_densities():
+    T = 30
+    s = Schedule.linear(T)
+    model = LinearEps(T, scale=0.2)
+    _, _, traj = sample(model, s, (2, *D_SHAPE), torch.Generator().manual_seed(0), store_trajectory=True, progress=False)
+    traj = traj.double()
+    ref = Normal(0.0, 1.0).log_prob(traj[:, 0]).flatten(1).sum(1)
+    for j in range(T - 1):  # the last (noise-free) step has no density
+        t = T - 1 - j
+        x = traj[:, j]
+        eps_hat = model(x, torch.full((2,), t))
+        beta, ab = s.betas[t], s.alphas_cumprod[t]
+        mean = (x - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()
+        std = ((1 - s.alphas_cumprod[t - 1]) / (1 - ab) * beta).sqrt()
+        ref = ref + Normal(mean, std).log_prob(traj[:, j + 1]).flatten(1).sum(1)
+    ours = F.trajectory(model, s, traj, chunk=7) * np.prod(D_SHAPE)
+    torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-9, atol=1e-9)
+
+
+def test_measurements_are_differentiable():
+    s = Schedule.linear(50)
+    model = LinearEps(50)
+    x0 = torch.rand(2, *D_SHAPE, dtype=torch.float64)
+    t, eps = torch.randint(50, (2, 8)), torch.randn(2, 8, *D_SHAPE, dtype=torch.float64)
+    for value in (F.loss(model, s, x0, t, eps).mean(), F.elbo(model, s, x0, t, eps).mean(),
+                  F.timestep_loss(model, s, x0, [1, 25], eps).mean()):
+        (grad,) = torch.autograd.grad(value, model.a)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_common_random_numbers():
+    t1, e1 = crn_draws(7, 3, 16, D_SHAPE, 1000)
+    t2, e2 = crn_draws(7, 3, 16, D_SHAPE, 1000)
+    assert torch.equal(t1, t2) and torch.equal(e1, e2)
+    t3, _ = crn_draws(7, 4, 16, D_SHAPE, 1000)
+    assert not torch.equal(t1, t3)
+    # model-to-model differences: far less variance with shared draws than with independent ones
+    s = Schedule.linear(100)
+    a, b = LinearEps(100, seed=0), LinearEps(100, seed=0)
+    with torch.no_grad():
+        b.a.mul_(1.05)
+    x0 = torch.rand(1, *D_SHAPE, dtype=torch.float64)
+    crn, indep = [], []
+    for rep in range(30):
+        t, eps = crn_draws(rep, 0, 64, D_SHAPE, 100)
+        t2, eps2 = crn_draws(1000 + rep, 0, 64, D_SHAPE, 100)
+        la = F.loss(a, s, x0, t[None], eps[None].double()).mean()
+        crn.append((F.loss(b, s, x0, t[None], eps[None].double()).mean() - la).item())
+        indep.append((F.loss(b, s, x0, t2[None], eps2[None].double()).mean() - la).item())
+    assert np.var(crn) < 0.25 * np.var(indep), (np.var(crn), np.var(indep))
+
+
+def test_measure_samples_shapes_and_finiteness():
+    from diffattr.models import build_unet
+
+    T = 20
+    s = Schedule.linear(T)
+    model = build_unet("unet_tiny").eval()
+    from diffattr.diffusion.ddpm import eps_fn
+
+    x0, _, traj = sample(eps_fn(model), s, (3, 1, 8, 8), torch.Generator().manual_seed(0), store_trajectory=True, progress=False)
+    cfg = {"measurements": ["loss", "elbo", "trajectory", "timestep_loss"], "mc_samples": 12,
+           "timesteps": [1, 10, 20], "batch_size": 5, "seed": 0}
+    out = measure_samples(model, s, x0, cfg, traj, progress=False)
+    assert out["loss"].shape == out["elbo"].shape == out["trajectory"].shape == (3,)
+    assert out["timestep_loss"].shape == out["timestep_loss_se"].shape == (3, 3)
+    assert all(np.isfinite(v).all() for v in out.values())
+    again = measure_samples(model, s, x0, {**cfg, "batch_size": 12}, traj, progress=False)
+    for k in out:  # batching does not change the draws
+        np.testing.assert_allclose(out[k], again[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="1..20"):
+        measure_samples(model, s, x0, {**cfg, "timesteps": [21]}, traj, progress=False)
