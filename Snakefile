@@ -18,6 +18,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/measure.smk"
+include: "rules/influence.smk"
 
 
 rule all:

@@ -1,4 +1,5 @@
 # Helpers, wildcard constraints and target functions (no rules here).
+from pathlib import Path
 
 RESULTS = f"results/{config['experiment']}"
 ENV = "../envs/diffattr.yaml"
@@ -20,6 +21,7 @@ def benchmark(name):
 # Model ids: "full" (the whole training set) and "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed).
 wildcard_constraints:
     model=r"full|subset\d+_seed\d+",
+    curvature=r"e?kfac_(mc|empirical)_(expand|reduce)",
     subset=r"\d+",
     seed=r"\d+",
 
@@ -30,6 +32,19 @@ SUBSET_MODELS = [
     for k in range(config["subsets"]["seeds_per_subset"])
 ]
 ALL_MODELS = ["full", *SUBSET_MODELS]
+CURVATURES = [
+    f"{'ekfac' if v.get('eigencorrection') else 'kfac'}_{v['fisher']}_{v['approx']}"
+    for v in config["influence"]["variants"]
+]
+QUERIES = [
+    q
+    for m in config["influence"]["measurements"]
+    for q in (
+        [f"timestep_loss_t{t}" for t in config["measure"]["timesteps"]]
+        if m == "timestep_loss"
+        else [m]
+    )
+]
 MODEL_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "loss.csv", "train_info.json"]
 
 
@@ -47,4 +62,10 @@ def all_targets():
         res("samples/samples.h5"),
         res("samples/samples.png"),
         res("measurements/measurements.h5"),
+        *kfac_score_files(),
     ]
+
+
+def kfac_score_files():
+    """Score files of every configured K-FAC variant and measurement."""
+    return [res(f"scores/{method}/{query}.h5") for method in CURVATURES for query in QUERIES]

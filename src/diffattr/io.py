@@ -159,7 +159,10 @@ def read_h5(
             if len(actual) != len(shape) or any(s is not None and s != a for s, a in zip(shape, actual, strict=False)):
                 raise ArtefactError(f"{path}: dataset '{name}' has shape {actual}, expected {tuple(shape)}")
         art = Artefact(path=path, attrs={k: _attr(v) for k, v in f.attrs.items()})
-        for name in names if names is not None else list(f):
+        if names is None:
+            names = []
+            f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
+        for name in names:
             ds = f[name]
             art.data[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
     return art

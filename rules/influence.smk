@@ -1,0 +1,51 @@
+# K-FAC influence: curvature per variant, then every variant x measurement scored in one pass over the data.
+
+
+rule fit_curvature:
+    input:
+        model=model_files("full"),
+        train=res("data/train.h5"),
+    output:
+        curvature=res("curvature/{curvature}.h5"),
+    params:
+        influence=config["influence"],
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=config["resources"]["gpu_runtime"],
+    log:
+        logfile("fit_curvature/{curvature}"),
+    benchmark:
+        benchmark("fit_curvature/{curvature}")
+    conda:
+        ENV
+    script:
+        "../scripts/fit_curvature.py"
+
+
+rule compute_kfac_scores:
+    input:
+        model=model_files("full"),
+        train=res("data/train.h5"),
+        samples=res("samples/samples.h5"),
+        curvatures=expand(res("curvature/{curvature}.h5"), curvature=CURVATURES),
+    output:
+        scores=kfac_score_files(),
+    params:
+        influence=config["influence"],
+        # results/<exp>/scores from results/<exp>/scores/<method>/<measurement>.h5
+        out_dir=lambda w, output: str(Path(output.scores[0]).parent.parent),
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=config["resources"]["gpu_runtime"],
+    log:
+        logfile("compute_kfac_scores"),
+    benchmark:
+        benchmark("compute_kfac_scores")
+    conda:
+        ENV
+    script:
+        "../scripts/compute_kfac_scores.py"

@@ -1,0 +1,134 @@
+"""Per-example gradients, vectorised with ``torch.func`` and deterministic given the seeds.
+
+- Training gradients: ∇_θ ℓ(θ, x_j) with ℓ the diffusion loss averaged over ``mc_samples`` (t, ε[, flip]) draws
+  per example (``output="loss"``), or over the D-TRAK output ||ε_θ(x_t, t)||² (``output="square_norm"``).
+  Example ``j`` always gets the draws of :func:`diffattr.curvature.example_draws` for the seed.
+- Measurement gradients: ∇_θ m(θ, x) of the measurement functions of :mod:`diffattr.measure.functions`
+  (the same definitions the oracles evaluate), with their own Monte-Carlo draws per sample.
+
+Gradients are taken with respect to the K-FAC parameters (every Linear/Conv2d layer; see
+:func:`diffattr.curvature.kfac_parameters`) and flattened to ``[n, P]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from diffattr.curvature.draws import FlatEps, example_draws, kfac_parameters, noisy_inputs
+from diffattr.diffusion import Schedule
+from diffattr.diffusion.ddpm import eps_fn
+from diffattr.measure import functions as F
+from diffattr.measure.oracle import crn_draws
+
+OUTPUTS = ("loss", "square_norm")
+
+
+def training_gradients(
+    wrapper: FlatEps,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    schedule: Schedule,
+    mc_samples: int,
+    seed: int,
+    hflip: bool = False,
+    output: str = "loss",
+) -> torch.Tensor:
+    """Per-example gradients of the MC-averaged training loss (or D-TRAK output), ``[B, P]``.
+
+    Args:
+        wrapper: :class:`FlatEps` around the U-Net, in eval mode.
+        images: The examples ``[B, C, H, W]`` in model space.
+        indices: Their indices in the training set ``[B]`` (they select the draws).
+        schedule: Noise schedule.
+        mc_samples: Draws per example (250 in the paper).
+        seed: Seed of the draws.
+        hflip: Random flips as part of the draws.
+        output: ``loss`` (||ε - ε_θ||²) or ``square_norm`` (||ε_θ||², D-TRAK).
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    device = images.device
+    named = kfac_parameters(wrapper)
+    params = {n: p.detach() for n, p in named}
+    d = example_draws(indices, mc_samples, tuple(images.shape[1:]), schedule.num_timesteps, seed)
+    x_t = noisy_inputs(images, d, schedule, hflip)
+    t, eps = d.t.to(device), d.eps.to(device)
+
+    def per_example(p, x, tt, e):
+        pred = functional_call(wrapper, p, ({"x": x, "t": tt},))
+        target = e.flatten(1) if output == "loss" else torch.zeros_like(pred)
+        return (pred - target).pow(2).sum(1).mean()
+
+    # no_grad: torch.func.grad still differentiates; this only stops an outer graph through the norm parameters.
+    # MATH attention: the fused CPU attention kernels have no vmap batching rule (a slow per-example fallback).
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        g = vmap(grad(per_example), in_dims=(None, 0, 0, 0))(params, x_t, t, eps)
+    return torch.cat([g[n].flatten(1) for n, _ in named], dim=1)
+
+
+def measurement_gradients(
+    wrapper: FlatEps,
+    samples: torch.Tensor,
+    measurement: str,
+    schedule: Schedule,
+    mc_samples: int,
+    seed: int,
+    timestep: int | None = None,
+    trajectories: torch.Tensor | None = None,
+    output: str = "loss",
+) -> torch.Tensor:
+    """Gradients of a measurement at each generated sample, ``[S, P]``.
+
+    Args:
+        wrapper: :class:`FlatEps` around the U-Net, in eval mode.
+        samples: ``[S, C, H, W]`` in model space.
+        measurement: ``loss``, ``elbo``, ``timestep_loss`` (needs ``timestep``, a paper step) or ``trajectory``
+            (needs ``trajectories`` ``[S, T + 1, C, H, W]``).
+        schedule: Noise schedule.
+        mc_samples: Draws per sample.
+        seed: Seed of the draws (sample ``i`` uses draws ``(seed, i)``).
+        timestep: Paper step for ``timestep_loss``.
+        trajectories: Stored sampling trajectories for ``trajectory``.
+        output: ``square_norm`` replaces the ``loss`` measurement by the D-TRAK output ||ε_θ||².
+    """
+    named = kfac_parameters(wrapper)
+    params = [p for _, p in named]
+    model = eps_fn(wrapper.unet)
+    T = schedule.num_timesteps
+    out = []
+    for i in range(samples.shape[0]):
+        x0 = samples[i : i + 1]
+        t, eps = crn_draws(seed, i, mc_samples, tuple(samples.shape[1:]), T)
+        t, eps = t[None].to(x0.device), eps[None].to(x0.device)
+        if output == "square_norm":
+            if measurement != "loss":
+                raise ValueError("the square-norm output replaces the loss measurement only")
+            x_t = F._noisy(schedule, x0, t, eps)
+            m = F._flat_eps(model, x_t, t).pow(2).flatten(2).sum(-1).mean()
+        elif measurement == "loss":
+            m = F.loss(model, schedule, x0, t, eps).mean()
+        elif measurement == "elbo":
+            m = F.elbo(model, schedule, x0, t, eps).mean()
+        elif measurement == "timestep_loss":
+            if timestep is None:
+                raise ValueError("timestep_loss gradients need a timestep")
+            m = F.timestep_loss(model, schedule, x0, [timestep], eps).mean()
+        elif measurement == "trajectory":
+            if trajectories is None:
+                raise ValueError("trajectory gradients need the stored trajectories")
+            m = F.trajectory(model, schedule, trajectories[i : i + 1].to(x0.device))[0]
+        else:
+            raise ValueError(f"unknown measurement {measurement!r}")
+        grads = torch.autograd.grad(m, params)
+        out.append(torch.cat([g.flatten() for g in grads]))
+    return torch.stack(out)
+
+
+def flatten_like(params: Sequence[nn.Parameter], vec: torch.Tensor) -> list[torch.Tensor]:
+    """Split a flat ``[P]`` vector into tensors shaped like ``params``."""
+    return [v.reshape(p.shape) for v, p in zip(vec.split([p.numel() for p in params]), params, strict=True)]

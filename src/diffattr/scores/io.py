@@ -1,0 +1,50 @@
+"""The one score format every method writes: ``scores/{method}/{measurement}.h5``.
+
+Sign and scale (the single place this is defined): for training example j and generated sample x,
+
+    score τ_j = ∇m(θ*, x)ᵀ (G + λI)⁻¹ ∇ℓ(θ*, x_j)  ≈  N · (m(θ_{-j}) - m(θ*)),
+
+i.e. a **positive score means removing x_j is predicted to increase the measurement m**, and scores are N times
+the predicted change (N = training-set size). G approximates the Hessian of the training loss averaged over the
+data set and λ is stated on that scale (paper appendix G.4). Baselines write similarity-like scores in the same
+layout (CLIP: cosine similarity, no damping axis of its own: one row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffattr.io import Artefact, read_h5, write_h5
+
+
+def write_scores(
+    path: str | Path,
+    scores: np.ndarray,
+    dampings: Sequence[float],
+    method: str,
+    measurement: str,
+    default_damping: float | None,
+    config: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``scores`` float32 ``[n_damping, n_query, n_train]`` with ``dampings`` ``[n_damping]``."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 3 or scores.shape[0] != len(dampings):
+        raise ValueError(f"scores must be [n_damping={len(dampings)}, n_query, n_train], got {scores.shape}")
+    all_attrs = {"method": method, "measurement": measurement,
+                 "default_damping": float("nan") if default_damping is None else float(default_damping),
+                 **dict(attrs or {})}
+    return write_h5(path, {"scores": scores, "dampings": np.asarray(dampings, dtype=np.float64)},
+                    config=config, attrs=all_attrs)
+
+
+def read_scores(path: str | Path) -> Artefact:
+    """Read a score file with shape checks."""
+    art = read_h5(path, expect={"scores": (None, None, None), "dampings": (None,)})
+    if art["scores"].shape[0] != art["dampings"].shape[0]:
+        raise ValueError(f"{path}: scores and dampings disagree in length")
+    return art
