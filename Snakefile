@@ -19,6 +19,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/measure.smk"
 include: "rules/influence.smk"
+include: "rules/baselines.smk"
 
 
 rule all:

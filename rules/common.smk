@@ -63,6 +63,7 @@ def all_targets():
         res("samples/samples.png"),
         res("measurements/measurements.h5"),
         *kfac_score_files(),
+        *[res(f"scores/{method}/{query}.h5") for method in ("trak", "dtrak") for query in QUERIES],
     ]
 
 

@@ -53,3 +53,21 @@ def test_measurements_for_every_model(smoke_study):
     assert list(art["model_id"]) == ["full", *[f"subset{m}_seed{k}" for m in range(M) for k in range(K)]]
     assert art["subset"][0] == -1 and sorted(set(art["subset"][1:])) == list(range(M))
     assert len(set(art["seed"][1:])) == M * K
+
+
+def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
+    from diffattr.curvature import load_curvature
+    from diffattr.scores import read_scores
+
+    icfg = SMOKE["influence"]
+    names = [f"{'ekfac' if v.get('eigencorrection') else 'kfac'}_{v['fisher']}_{v['approx']}" for v in icfg["variants"]]
+    n_train = 2 * SMOKE["data"]["per_class"]
+    for name in names:
+        curv = load_curvature(smoke_study / f"curvature/{name}.h5")
+        assert curv.args["mc_samples"] == icfg["curvature_mc_samples"] and curv.variant.name == name
+        for measurement in icfg["measurements"]:
+            art = read_scores(smoke_study / f"scores/{name}/{measurement}.h5")
+            assert art["scores"].shape == (len(icfg["dampings"]), SMOKE["sample"]["n_samples"], n_train)
+            assert art["scores"].dtype == np.float32 and np.isfinite(art["scores"]).all()
+            assert art.attrs["method"] == name and art.attrs["measurement"] == measurement
+            np.testing.assert_allclose(art["dampings"], icfg["dampings"])
