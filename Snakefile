@@ -20,6 +20,7 @@ include: "rules/train.smk"
 include: "rules/measure.smk"
 include: "rules/influence.smk"
 include: "rules/baselines.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -63,8 +63,20 @@ def all_targets():
         res("samples/samples.png"),
         res("measurements/measurements.h5"),
         *kfac_score_files(),
-        *[res(f"scores/{method}/{query}.h5") for method in ("trak", "dtrak") for query in QUERIES],
+        *evaluated_score_files(),
+        res("metrics/lds.json"),
+        *[res(f"figures/{name}.png") for name in FIGURE_NAMES],
     ]
+
+
+FIGURE_NAMES = ["lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual"]
+
+
+def evaluated_score_files():
+    """Score files of the method families listed in evaluate.methods."""
+    families = config["evaluate"]["methods"]
+    methods = (CURVATURES if "kfac" in families else []) + [m for m in ("trak", "dtrak") if m in families]
+    return [res(f"scores/{method}/{query}.h5") for method in methods for query in QUERIES]
 
 
 def kfac_score_files():

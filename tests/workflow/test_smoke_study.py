@@ -71,3 +71,30 @@ def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
             assert art["scores"].dtype == np.float32 and np.isfinite(art["scores"]).all()
             assert art.attrs["method"] == name and art.attrs["measurement"] == measurement
             np.testing.assert_allclose(art["dampings"], icfg["dampings"])
+
+
+def test_lds_metrics_and_figures(smoke_study):
+    summary = json.loads((smoke_study / "metrics/lds.json").read_text())
+    assert summary["n_subsets"] == M and summary["seeds_per_subset"] == K and summary["n_train"] == 40
+    methods = {r["method"] for r in summary["results"]}
+    assert {"trak", "dtrak", "kfac_mc_expand"} <= methods
+    pairs = {(r["scores"], r["target"]) for r in summary["results"]}
+    assert ("loss", "elbo") in pairs  # the measurement-loss substitution
+    for r in summary["results"]:
+        assert len(r["lds_mean"]) == len(r["dampings"])
+        assert r["best"]["damping"] in r["dampings"]
+    assert set(summary["oracle"]) == {"loss", "elbo"}
+    for name in ("lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual"):
+        png = smoke_study / f"figures/{name}.png"
+        with Image.open(png) as im:
+            assert im.width > 100 and im.height > 100
+        assert len((smoke_study / f"figures/{name}.csv").read_text().splitlines()) > 1
+
+
+def test_report_builds(smoke_study):
+    from tests.conftest import run_snakemake
+
+    wd = smoke_study.parent.parent
+    run_snakemake(wd, "--cores", "1", "--configfile", "experiments/smoke.yaml", "--report", "report.html")
+    html = (wd / "report.html").read_text(errors="ignore")
+    assert "Linear data-modelling score" in html and len(html) > 10_000

@@ -1,0 +1,44 @@
+# Evaluation: LDS of every method, the figures and the report.
+
+
+rule compute_lds:
+    input:
+        measurements=res("measurements/measurements.h5"),
+        subsets=res("data/subsets.h5"),
+        scores=evaluated_score_files(),
+    output:
+        lds=res("metrics/lds.json"),
+        per_sample=res("metrics/lds_per_sample.csv"),
+    params:
+        evaluate=config["evaluate"],
+    log:
+        logfile("compute_lds"),
+    conda:
+        ENV
+    script:
+        "../scripts/compute_lds.py"
+
+
+rule plot_figures:
+    input:
+        lds=res("metrics/lds.json"),
+        train=res("data/train.h5"),
+        samples=res("samples/samples.h5"),
+        subsets=res("data/subsets.h5"),
+        measurements=res("measurements/measurements.h5"),
+        kfac_loss=res(f"scores/{CURVATURES[0]}/loss.h5"),
+    output:
+        lds=report(res("figures/lds.png"), caption="../report/lds.rst", category="LDS"),
+        damping=report(res("figures/damping.png"), caption="../report/damping.rst", category="LDS"),
+        hessian=report(res("figures/hessian_ablation.png"), caption="../report/hessian_ablation.rst", category="LDS"),
+        top=report(res("figures/top_influences.png"), caption="../report/top_influences.rst", category="Attributions"),
+        scatter=report(res("figures/predicted_vs_actual.png"), caption="../report/predicted_vs_actual.rst", category="Attributions"),
+        data=[res(f"figures/{name}.csv") for name in FIGURE_NAMES],
+    params:
+        evaluate=config["evaluate"],
+    log:
+        logfile("plot_figures"),
+    conda:
+        ENV
+    script:
+        "../scripts/plot_figures.py"

@@ -1,0 +1,12 @@
+"""Evaluation of attribution scores: LDS (and the exact-retraining oracle)."""
+
+from diffattr.evaluate.lds import (
+    LDSResult,
+    actual_by_subset,
+    lds,
+    oracle_lds,
+    predicted_changes,
+    spearman_per_column,
+)
+
+__all__ = ["LDSResult", "actual_by_subset", "lds", "oracle_lds", "predicted_changes", "spearman_per_column"]

@@ -1,0 +1,194 @@
+"""The paper's figures from the study's artefacts (PNG, plus the data behind each as CSV).
+
+- :func:`lds_bars` — LDS per method with error bars and the exact-retraining oracle, per target (Fig. 2).
+- :func:`damping_curves` — LDS against damping per method (Figs. 7–10).
+- :func:`hessian_ablation` — K-FAC expand/reduce × MC/empirical Fisher (Fig. 4).
+- :func:`top_influences` — most positive / negative / neutral training images per sample (Fig. 1).
+- :func:`predicted_vs_actual` — predicted against actual change in loss over the retrained models (Fig. 15).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffattr.io import atomic_path  # noqa: E402
+
+LABELS = {"kfac_mc_expand": "K-FAC", "trak": "TRAK", "dtrak": "D-TRAK", "clip": "CLIP"}
+
+
+def label(method: str) -> str:
+    """Display name of a method (K-FAC variants other than the recommended one spelled out)."""
+    return LABELS.get(method, method.replace("_", " ").replace("kfac", "K-FAC").replace("ekfac", "EK-FAC"))
+
+
+def _save(fig: plt.Figure, png: str | Path) -> None:
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _rows(summary: Mapping[str, Any], target: str, families: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    out = [r for r in summary["results"] if r["target"] == target]
+    if families is not None:
+        out = [r for r in out if r["family"] in families]
+    return out
+
+
+def lds_bars(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path) -> None:
+    """Fig. 2: best-damping LDS (bars, ± s.e.), default damping (dots), oracle (dashed), one panel per target."""
+    targets = sorted({r["target"] for r in summary["results"]})
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.8 * len(targets), 3.6), squeeze=False)
+    rows = []
+    for ax, target in zip(axes[0], targets, strict=True):
+        entries = [r for r in _rows(summary, target) if r["method"] in LABELS or r["family"] != "kfac"]
+        entries.sort(key=lambda r: (r["scores"] != target, -(r["best"]["mean"] or -1)))
+        names = [label(r["method"]) + ("" if r["scores"] == target else f"\n(m. {r['scores']})") for r in entries]
+        best = [100 * (r["best"]["mean"] or 0) for r in entries]
+        err = [100 * (r["best"]["se"] or 0) for r in entries]
+        colors = ["tab:blue" if r["scores"] == target else "tab:gray" for r in entries]
+        x = np.arange(len(entries))
+        ax.bar(x, best, yerr=err, color=colors, capsize=3)
+        for i, r in enumerate(entries):
+            if r["default"] is not None and r["default"]["mean"] is not None:
+                ax.plot(i, 100 * r["default"]["mean"], "o", color="black", ms=4)
+            rows.append((target, r["method"], r["scores"], r["best"]["damping"], r["best"]["mean"], r["best"]["se"],
+                         None if r["default"] is None else r["default"]["mean"]))
+        oracle = summary["oracle"].get(target)
+        if oracle and oracle["mean"] is not None:
+            ax.axhline(100 * oracle["mean"], ls="--", color="tab:red", label=f"exact retraining {100 * oracle['mean']:.1f}")
+            ax.legend(loc="upper right", fontsize=8)
+            rows.append((target, "oracle", target, None, oracle["mean"], oracle["se"], None))
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_ylabel("LDS (%)")
+        ax.set_title(f"target: {target}")
+        ax.axhline(0, color="black", lw=0.5)
+    fig.suptitle(f"{summary['experiment']}: LDS over {summary['n_samples']} samples, "
+                 f"M={summary['n_subsets']} subsets x K={summary['seeds_per_subset']} seeds "
+                 "(bars: best damping; dots: default damping)", fontsize=9)
+    _save(fig, png)
+    _write_csv(csv_path, ["target", "method", "scores", "best_damping", "lds_best", "se_best", "lds_default"], rows)
+
+
+def damping_curves(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path) -> None:
+    """Figs. 7–10: LDS against damping, one panel per (scores -> target) pair."""
+    pairs = sorted({(r["scores"], r["target"]) for r in summary["results"]})
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 3.4), squeeze=False)
+    rows = []
+    for ax, (scored, target) in zip(axes[0], pairs, strict=True):
+        for r in summary["results"]:
+            if (r["scores"], r["target"]) != (scored, target):
+                continue
+            y = np.array([np.nan if v is None else 100 * v for v in r["lds_mean"]])
+            e = np.array([np.nan if v is None else 100 * v for v in r["lds_se"]])
+            ax.errorbar(r["dampings"], y, yerr=e, marker="o", ms=3, capsize=2, label=label(r["method"]))
+            rows.extend((scored, target, r["method"], d, m, s) for d, m, s in zip(r["dampings"], r["lds_mean"], r["lds_se"], strict=True))
+        ax.set_xscale("log")
+        ax.set_xlabel("damping λ (on the GGN of the mean loss)")
+        ax.set_ylabel("LDS (%)")
+        ax.set_title(f"{scored} -> {target}", fontsize=9)
+        ax.legend(fontsize=7)
+    _save(fig, png)
+    _write_csv(csv_path, ["scores", "target", "method", "damping", "lds_mean", "lds_se"], rows)
+
+
+def hessian_ablation(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path, target: str = "loss") -> None:
+    """Fig. 4: the K-FAC variants (expand/reduce x MC/empirical Fisher) on the loss measurement."""
+    entries = [r for r in _rows(summary, target, ["kfac"]) if r["scores"] == target]
+    entries.sort(key=lambda r: r["method"])
+    fig, ax = plt.subplots(figsize=(1.3 * max(len(entries), 2) + 1, 3.4))
+    x = np.arange(len(entries))
+    ax.bar(x, [100 * (r["best"]["mean"] or 0) for r in entries], yerr=[100 * (r["best"]["se"] or 0) for r in entries],
+           capsize=3, color="tab:blue")
+    for i, r in enumerate(entries):
+        if r["default"] is not None and r["default"]["mean"] is not None:
+            ax.plot(i, 100 * r["default"]["mean"], "o", color="black", ms=4)
+    ax.set_xticks(x, [r["method"].replace("_", "\n", 1).replace("kfac\n", "K-FAC ") for r in entries], fontsize=8)
+    ax.set_ylabel(f"LDS (%), target {target}")
+    ax.set_title("Hessian approximation ablation", fontsize=9)
+    _save(fig, png)
+    _write_csv(csv_path, ["method", "best_damping", "lds_best", "se_best"],
+               [(r["method"], r["best"]["damping"], r["best"]["mean"], r["best"]["se"]) for r in entries])
+
+
+def top_influences(
+    scores: np.ndarray,
+    samples: np.ndarray,
+    train_images: np.ndarray,
+    png: str | Path,
+    csv_path: str | Path,
+    k: int = 6,
+    n_samples: int = 4,
+    title: str = "",
+) -> None:
+    """Fig. 1: for each sample, the k most positive, most negative and most neutral (|τ| smallest) training images.
+
+    Args:
+        scores: ``[S, N]`` at one damping.
+        samples: uint8 ``[S, C, H, W]``.
+        train_images: uint8 ``[N, C, H, W]``.
+    """
+    n_samples = min(n_samples, scores.shape[0])
+    kinds = [("positive", lambda s: np.argsort(-s)[:k]), ("negative", lambda s: np.argsort(s)[:k]),
+             ("neutral", lambda s: np.argsort(np.abs(s))[:k])]
+    fig, axes = plt.subplots(n_samples, 1 + 3 * k, figsize=(0.75 * (1 + 3 * k), 0.85 * n_samples + 0.5), squeeze=False)
+    cmap = "gray" if samples.shape[1] == 1 else None
+    rows = []
+
+    def show(ax, im):
+        ax.imshow(im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0), cmap=cmap, vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for i in range(n_samples):
+        show(axes[i, 0], samples[i])
+        axes[i, 0].set_ylabel(f"sample {i}", fontsize=7)
+        col = 1
+        for kind, pick in kinds:
+            for rank, j in enumerate(pick(scores[i])):
+                show(axes[i, col], train_images[j])
+                axes[i, col].set_title(f"{scores[i, j]:.2g}", fontsize=5)
+                rows.append((i, kind, rank, int(j), float(scores[i, j])))
+                col += 1
+    for c, (kind, _) in enumerate(kinds):
+        axes[0, 1 + c * k].set_title(f"{kind}\n{axes[0, 1 + c * k].get_title()}", fontsize=6)
+    fig.suptitle(title or "generated sample | most positive | most negative | most neutral training images", fontsize=8)
+    _save(fig, png)
+    _write_csv(csv_path, ["sample", "kind", "rank", "train_index", "score"], rows)
+
+
+def predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, png: str | Path, csv_path: str | Path, title: str = "") -> None:
+    """Fig. 15: predicted against actual change of the measurement, one point per (subset, sample).
+
+    Args:
+        predicted: ``[M, S]`` predicted change when training on each subset.
+        actual: ``[M, S]`` actual change (mean over seeds minus the full model's value).
+    """
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.scatter(predicted.ravel(), actual.ravel(), s=6, alpha=0.6)
+    lim = [min(predicted.min(), actual.min()), max(predicted.max(), actual.max())]
+    ax.plot(lim, lim, color="black", lw=0.6, ls="--")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.axvline(0, color="gray", lw=0.5)
+    ax.set_xlabel("predicted change (influence)")
+    ax.set_ylabel("actual change (retrained)")
+    ax.set_title(title, fontsize=8)
+    _save(fig, png)
+    m_idx, s_idx = np.meshgrid(np.arange(predicted.shape[0]), np.arange(predicted.shape[1]), indexing="ij")
+    _write_csv(csv_path, ["subset", "sample", "predicted", "actual"],
+               list(zip(m_idx.ravel(), s_idx.ravel(), predicted.ravel(), actual.ravel(), strict=True)))
