@@ -1,6 +1,8 @@
 # Helpers, wildcard constraints and target functions (no rules here).
 from pathlib import Path
 
+from diffattr.config import counterfactual_plan
+
 RESULTS = f"results/{config['experiment']}"
 ENV = "../envs/diffattr.yaml"
 
@@ -20,7 +22,7 @@ def benchmark(name):
 
 # Model ids: "full" (the whole training set) and "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed).
 wildcard_constraints:
-    model=r"full|subset\d+_seed\d+",
+    model=r"full|subset\d+_seed\d+|cf\d+",
     curvature=r"e?kfac_(mc|empirical)_(expand|reduce)",
     subset=r"\d+",
     seed=r"\d+",
@@ -65,11 +67,21 @@ def all_targets():
         *kfac_score_files(),
         *evaluated_score_files(),
         res("metrics/lds.json"),
+        res("metrics/counterfactual.json"),
         *[res(f"figures/{name}.png") for name in FIGURE_NAMES],
     ]
 
 
-FIGURE_NAMES = ["lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual"]
+FIGURE_NAMES = ["lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual", "counterfactual"]
+CF_MODELS = [f"cf{r}" for r in range(len(counterfactual_plan(config)))]
+
+
+def train_inputs(wildcards):
+    """train_model's inputs: counterfactual runs also need the removal sets."""
+    inputs = {"train": res("data/train.h5"), "subsets": res("data/subsets.h5")}
+    if wildcards.model.startswith("cf"):
+        inputs["removals"] = res("counterfactual/removals.h5")
+    return inputs
 
 
 def evaluated_score_files():

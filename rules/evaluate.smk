@@ -33,7 +33,7 @@ rule plot_figures:
         hessian=report(res("figures/hessian_ablation.png"), caption="../report/hessian_ablation.rst", category="LDS"),
         top=report(res("figures/top_influences.png"), caption="../report/top_influences.rst", category="Attributions"),
         scatter=report(res("figures/predicted_vs_actual.png"), caption="../report/predicted_vs_actual.rst", category="Attributions"),
-        data=[res(f"figures/{name}.csv") for name in FIGURE_NAMES],
+        data=[res(f"figures/{name}.csv") for name in FIGURE_NAMES if name != "counterfactual"],
     params:
         evaluate=config["evaluate"],
     log:
@@ -42,3 +42,36 @@ rule plot_figures:
         ENV
     script:
         "../scripts/plot_figures.py"
+
+
+rule select_counterfactuals:
+    input:
+        lds=res("metrics/lds.json"),
+        scores=evaluated_score_files(),
+    output:
+        removals=res("counterfactual/removals.h5"),
+    params:
+        evaluate=config["evaluate"],
+    log:
+        logfile("select_counterfactuals"),
+    conda:
+        ENV
+    script:
+        "../scripts/select_counterfactuals.py"
+
+
+rule evaluate_counterfactuals:
+    input:
+        removals=res("counterfactual/removals.h5"),
+        full=res("measurements/models/full.h5"),
+        runs=expand(res("measurements/models/{model}.h5"), model=CF_MODELS),
+    output:
+        metrics=res("metrics/counterfactual.json"),
+        figure=report(res("figures/counterfactual.png"), caption="../report/counterfactual.rst", category="Counterfactual"),
+        data=res("figures/counterfactual.csv"),
+    log:
+        logfile("evaluate_counterfactuals"),
+    conda:
+        ENV
+    script:
+        "../scripts/evaluate_counterfactuals.py"

@@ -3,8 +3,7 @@
 
 rule train_model:
     input:
-        train=res("data/train.h5"),
-        subsets=res("data/subsets.h5"),
+        unpack(train_inputs),
     output:
         config=res("models/{model}/config.json"),
         weights=res("models/{model}/diffusion_pytorch_model.safetensors"),

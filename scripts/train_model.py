@@ -15,4 +15,5 @@ with rule_context(smk):
         Path(smk.output.config).parent,
         smk.params.checkpoint,
         device=select_device(smk.config["device"]),
+        removals_path=smk.input.get("removals"),
     )

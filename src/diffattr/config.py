@@ -140,3 +140,23 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def counterfactual_plan(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The retraining runs of the counterfactual evaluation, one per row (model id ``cf<row>``).
+
+    For each of the first ``evaluate.counterfactual_samples`` samples, each evaluated method (the first K-FAC
+    variant, TRAK, D-TRAK) and each fraction: remove that method's top fraction of training examples for the
+    sample's loss. Plus one random removal per fraction (shared by all samples).
+    """
+    ev = config["evaluate"]
+    methods = []
+    if "kfac" in ev["methods"]:
+        v = config["influence"]["variants"][0]
+        methods.append(f"{'ekfac' if v.get('eigencorrection') else 'kfac'}_{v['fisher']}_{v['approx']}")
+    methods += [m for m in ("trak", "dtrak") if m in ev["methods"]]
+    rows = [{"method": "random", "sample": -1, "fraction": float(p)} for p in ev["counterfactual_fractions"]]
+    for s in range(min(ev["counterfactual_samples"], config["sample"]["n_samples"])):
+        for m in methods:
+            rows.extend({"method": m, "sample": s, "fraction": float(p)} for p in ev["counterfactual_fractions"])
+    return rows

@@ -17,7 +17,7 @@ M, K = SMOKE["subsets"]["n_subsets"], SMOKE["subsets"]["seeds_per_subset"]
 
 
 def test_trains_full_model_and_fleet(smoke_study):
-    models = sorted(p.name for p in (smoke_study / "models").iterdir())
+    models = sorted(p.name for p in (smoke_study / "models").iterdir() if not p.name.startswith("cf"))
     assert len(models) == 1 + M * K
     assert models == sorted(["full", *[f"subset{m}_seed{k}" for m in range(M) for k in range(K)]])
     info = json.loads((smoke_study / "models/subset1_seed0/train_info.json").read_text())
@@ -98,3 +98,20 @@ def test_report_builds(smoke_study):
     run_snakemake(wd, "--cores", "1", "--configfile", "experiments/smoke.yaml", "--report", "report.html")
     html = (wd / "report.html").read_text(errors="ignore")
     assert "Linear data-modelling score" in html and len(html) > 10_000
+
+
+def test_counterfactual_retraining(smoke_study):
+    from diffattr.config import counterfactual_plan
+    from diffattr.io import read_h5
+
+    plan = counterfactual_plan(SMOKE)
+    rem = read_h5(smoke_study / "counterfactual/removals.h5")
+    assert rem["masks"].shape == (len(plan), 40)
+    assert ((~rem["masks"]).sum(1) == 4).all()  # ceil(10% of 40)
+    info = json.loads((smoke_study / "models/cf1/train_info.json").read_text())
+    assert info["removal"] == 1 and info["n_train"] == 36 and info["steps"] == SMOKE["train"]["steps"]
+    summary = json.loads((smoke_study / "metrics/counterfactual.json").read_text())
+    assert {r["method"] for r in summary["runs"]} == {p["method"] for p in plan}
+    assert all(np.isfinite(r["change"]) for r in summary["runs"])
+    with Image.open(smoke_study / "figures/counterfactual.png") as im:
+        assert im.width > 100

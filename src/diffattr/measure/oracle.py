@@ -135,7 +135,7 @@ def measure_model(
     schedule = Schedule.from_config(config["diffusion"])
     values = measure_samples(model, schedule, samples, config["measure"], traj, device)
     info = json.loads((model_dir / "train_info.json").read_text())
-    subset = -1 if info["subset"] is None else int(info["subset"])
+    subset = -1 if info["subset"] is None else int(info["subset"])  # -1: full data or a counterfactual run
     seed_index = -1 if info["seed_index"] is None else int(info["seed_index"])
     for name in config["measure"]["measurements"]:
         rel = np.abs(values[f"{name}_se"] / values[name])

@@ -192,3 +192,24 @@ def predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, png: str | Pa
     m_idx, s_idx = np.meshgrid(np.arange(predicted.shape[0]), np.arange(predicted.shape[1]), indexing="ij")
     _write_csv(csv_path, ["subset", "sample", "predicted", "actual"],
                list(zip(m_idx.ravel(), s_idx.ravel(), predicted.ravel(), actual.ravel(), strict=True)))
+
+
+def counterfactual_bars(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path) -> None:
+    """Fig. 3: mean change of the sample's loss after removing each method's top p% (and a random p%)."""
+    fractions = sorted(summary["mean_change"], key=float)
+    methods = sorted({m for f in fractions for m in summary["mean_change"][f]}, key=lambda m: (m == "random", m))
+    fig, ax = plt.subplots(figsize=(1.6 * len(methods) * len(fractions) / 2 + 2, 3.4))
+    width = 0.8 / len(methods)
+    rows = []
+    for k, m in enumerate(methods):
+        means = [summary["mean_change"][f].get(m, {}).get("mean", np.nan) for f in fractions]
+        ses = [summary["mean_change"][f].get(m, {}).get("se") or 0 for f in fractions]
+        ax.bar(np.arange(len(fractions)) + k * width, means, width, yerr=ses, capsize=3, label=label(m),
+               color="tab:gray" if m == "random" else None)
+        rows.extend((f, m, mu, se) for f, mu, se in zip(fractions, means, ses, strict=True))
+    ax.set_xticks(np.arange(len(fractions)) + 0.4 - width / 2, [f"top {100 * float(f):g}% removed" for f in fractions])
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel("change in loss on the sample")
+    ax.legend(fontsize=7)
+    _save(fig, png)
+    _write_csv(csv_path, ["fraction", "method", "mean_change", "se"], rows)

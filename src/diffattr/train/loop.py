@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 from diffattr.data import read_subsets, read_train
 from diffattr.diffusion import Schedule, ddpm_loss
 from diffattr.diffusion.ddpm import eps_fn
-from diffattr.io import atomic_path
+from diffattr.io import atomic_path, read_h5
 from diffattr.models import build_unet, save_model
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = re.compile(r"^(full|subset(?P<subset>\d+)_seed(?P<seed>\d+))$")
+MODEL_ID = re.compile(r"^(full|subset(?P<subset>\d+)_seed(?P<seed>\d+)|cf(?P<cf>\d+))$")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -46,17 +46,21 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What one model is trained on: ``subset`` None = the full training set."""
+    """What one model is trained on: a random ``subset``, a counterfactual ``removal`` row, or (both None) all data."""
 
     model_id: str
     subset: int | None
     seed_index: int | None
     seed: int
     steps: int
+    removal: int | None = None
 
 
 def model_spec(model_id: str, train_cfg: Mapping[str, Any], seeds: np.ndarray | None) -> ModelSpec:
-    """Resolve a model id (``full`` or ``subset{m}_seed{k}``) to its subset, training seed and steps.
+    """Resolve a model id to its data, training seed and steps.
+
+    ``full``: all data, ``train.seed``, ``train.steps``. ``subset{m}_seed{k}``: subset m with its k-th seed,
+    ``train.subset_steps``. ``cf{r}``: the full model's recipe and seed without removal set r (counterfactual).
 
     Args:
         model_id: The id.
@@ -65,9 +69,11 @@ def model_spec(model_id: str, train_cfg: Mapping[str, Any], seeds: np.ndarray | 
     """
     match = MODEL_ID.match(model_id)
     if not match:
-        raise ValueError(f"invalid model id {model_id!r}: expected 'full' or 'subset<m>_seed<k>'")
+        raise ValueError(f"invalid model id {model_id!r}: expected 'full', 'subset<m>_seed<k>' or 'cf<r>'")
     if model_id == "full":
         return ModelSpec(model_id, None, None, int(train_cfg["seed"]), int(train_cfg["steps"]))
+    if match["cf"] is not None:
+        return ModelSpec(model_id, None, None, int(train_cfg["seed"]), int(train_cfg["steps"]), int(match["cf"]))
     m, k = int(match["subset"]), int(match["seed"])
     if seeds is None or m >= seeds.shape[0] or k >= seeds.shape[1]:
         shape = None if seeds is None else seeds.shape
@@ -221,6 +227,7 @@ def train_model(
     out_dir: str | Path,
     checkpoint: str | Path,
     device: str = "cpu",
+    removals_path: str | Path | None = None,
 ) -> Path:
     """Train one model of the fleet and save it (EMA weights) with its loss curve and arguments.
 
@@ -229,11 +236,15 @@ def train_model(
     The checkpoint file is deleted after the model is saved.
     """
     train_art = read_train(train_path)
-    seeds = read_subsets(subsets_path)["seeds"] if model_id != "full" else None
+    seeds = read_subsets(subsets_path)["seeds"] if model_id.startswith("subset") else None
     spec = model_spec(model_id, config["train"], seeds)
     images = train_art["images"]
     if spec.subset is not None:
         images = images[read_subsets(subsets_path)["masks"][spec.subset]]
+    if spec.removal is not None:
+        if removals_path is None:
+            raise ValueError(f"model {model_id} needs the counterfactual removals file")
+        images = images[read_h5(removals_path, expect={"masks": (None, images.shape[0])})["masks"][spec.removal]]
     n, c, h, w = images.shape
     log.info("training %s on %d images %s: seed %d, %d steps, device %s", model_id, n, (c, h, w), spec.seed, spec.steps, device)
     model = build_unet(config["model"]["preset"], in_channels=c, sample_size=h)
