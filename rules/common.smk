@@ -73,6 +73,8 @@ def all_targets():
 
 
 FIGURE_NAMES = ["lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual", "counterfactual"]
+if config["evaluate"]["timestep_matrix"]:
+    FIGURE_NAMES.append("timestep_matrix")
 CF_MODELS = [f"cf{r}" for r in range(len(counterfactual_plan(config)))]
 
 

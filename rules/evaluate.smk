@@ -33,6 +33,10 @@ rule plot_figures:
         hessian=report(res("figures/hessian_ablation.png"), caption="../report/hessian_ablation.rst", category="LDS"),
         top=report(res("figures/top_influences.png"), caption="../report/top_influences.rst", category="Attributions"),
         scatter=report(res("figures/predicted_vs_actual.png"), caption="../report/predicted_vs_actual.rst", category="Attributions"),
+        timesteps=[
+            report(res("figures/timestep_matrix.png"), caption="../report/timestep_matrix.rst", category="LDS")
+            for _ in range(int(config["evaluate"]["timestep_matrix"]))
+        ],
         data=[res(f"figures/{name}.csv") for name in FIGURE_NAMES if name != "counterfactual"],
     params:
         evaluate=config["evaluate"],

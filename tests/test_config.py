@@ -69,3 +69,21 @@ def test_missing_experiment_and_bad_file(tmp_path):
 def test_overrides_deep_merge():
     cfg = load_config(REPO / "experiments/smoke.yaml", overrides={"data": {"per_class": 5}})
     assert cfg["data"]["per_class"] == 5 and cfg["data"]["classes"] == ["1", "7"]
+
+
+def test_cross_key_consistency_errors_name_the_key():
+    base = {"experiment": "x", "measure": {"measurements": ["loss"]}}
+    with pytest.raises(ConfigError, match=r"'evaluate.pairs\[1\].target': 'elbo' is not measured"):
+        validate_config(base)
+    with pytest.raises(ConfigError, match=r"'evaluate.pairs\[0\].scores': 'trajectory' has no scores"):
+        validate_config({**base, "evaluate": {"pairs": [{"scores": "trajectory", "target": "loss"}]}})
+    with pytest.raises(ConfigError, match=r"'measure.timesteps'.*exceed diffusion.num_timesteps=100"):
+        validate_config({"experiment": "x", "diffusion": {"num_timesteps": 100}})
+    with pytest.raises(ConfigError, match=r"'evaluate.timestep_matrix': true needs timestep_loss in measure.measurements"):
+        validate_config({"experiment": "x", "evaluate": {"timestep_matrix": True}})
+    cfg = validate_config({"experiment": "x", "measure": {"timesteps": [1, 5], "measurements": ["loss", "elbo", "timestep_loss"]},
+                           "evaluate": {"timestep_matrix": True},
+                           "influence": {"measurements": ["loss", "elbo", "timestep_loss"]}})
+    from diffattr.config import evaluation_pairs
+
+    assert {"scores": "timestep_loss_t5", "target": "timestep_loss_t1"} in evaluation_pairs(cfg)

@@ -104,7 +104,48 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
             allowed = _allowed(e)
             lines.append(f"  - config key '{where}': {e.message}" + (f" ({allowed})" if allowed else ""))
         raise ConfigError(f"invalid {source}:\n" + "\n".join(lines))
+    _check_consistency(cfg, source)
     return cfg
+
+
+def _query_names(measurements: list[str], timesteps: list[int]) -> set[str]:
+    names = {m for m in measurements if m != "timestep_loss"}
+    if "timestep_loss" in measurements:
+        names |= {f"timestep_loss_t{t}" for t in timesteps}
+    return names
+
+
+def evaluation_pairs(cfg: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The (scores, target) pairs of the LDS evaluation: ``evaluate.pairs`` plus the timestep matrix if asked."""
+    pairs = [dict(p) for p in cfg["evaluate"]["pairs"]]
+    if cfg["evaluate"]["timestep_matrix"]:
+        steps = cfg["measure"]["timesteps"]
+        pairs += [{"scores": f"timestep_loss_t{a}", "target": f"timestep_loss_t{b}"} for a in steps for b in steps]
+    return pairs
+
+
+def _check_consistency(cfg: dict[str, Any], source: str) -> None:
+    """Cross-key checks the schema cannot express."""
+    steps = cfg["measure"]["timesteps"]
+    problems = []
+    T = cfg["diffusion"]["num_timesteps"]
+    if any(t > T for t in steps):
+        problems.append(f"config key 'measure.timesteps': {steps} exceed diffusion.num_timesteps={T}")
+    measured = _query_names(cfg["measure"]["measurements"], steps)
+    queried = _query_names(cfg["influence"]["measurements"], steps)
+    if cfg["evaluate"]["timestep_matrix"]:
+        for key in ("measure", "influence"):
+            if "timestep_loss" not in cfg[key]["measurements"]:
+                problems.append(f"config key 'evaluate.timestep_matrix': true needs timestep_loss in {key}.measurements")
+    for i, pair in enumerate(cfg["evaluate"]["pairs"]):
+        if pair["target"] not in measured:
+            problems.append(f"config key 'evaluate.pairs[{i}].target': {pair['target']!r} is not measured "
+                            f"(measure.measurements gives {sorted(measured)})")
+        if pair["scores"] not in queried:
+            problems.append(f"config key 'evaluate.pairs[{i}].scores': {pair['scores']!r} has no scores "
+                            f"(influence.measurements gives {sorted(queried)})")
+    if problems:
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -58,6 +58,7 @@ def test_measurements_for_every_model(smoke_study):
 def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
     from diffattr.curvature import load_curvature
     from diffattr.scores import read_scores
+    from diffattr.scores.influence import query_specs
 
     icfg = SMOKE["influence"]
     names = [f"{'ekfac' if v.get('eigencorrection') else 'kfac'}_{v['fisher']}_{v['approx']}" for v in icfg["variants"]]
@@ -65,7 +66,7 @@ def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
     for name in names:
         curv = load_curvature(smoke_study / f"curvature/{name}.h5")
         assert curv.args["mc_samples"] == icfg["curvature_mc_samples"] and curv.variant.name == name
-        for measurement in icfg["measurements"]:
+        for measurement, _, _ in query_specs(icfg["measurements"], SMOKE["measure"]["timesteps"]):
             art = read_scores(smoke_study / f"scores/{name}/{measurement}.h5")
             assert art["scores"].shape == (len(icfg["dampings"]), SMOKE["sample"]["n_samples"], n_train)
             assert art["scores"].dtype == np.float32 and np.isfinite(art["scores"]).all()
@@ -80,11 +81,12 @@ def test_lds_metrics_and_figures(smoke_study):
     assert {"trak", "dtrak", "kfac_mc_expand"} <= methods
     pairs = {(r["scores"], r["target"]) for r in summary["results"]}
     assert ("loss", "elbo") in pairs  # the measurement-loss substitution
+    assert ("timestep_loss_t1", "timestep_loss_t900") in pairs  # the timestep matrix
     for r in summary["results"]:
         assert len(r["lds_mean"]) == len(r["dampings"])
         assert r["best"]["damping"] in r["dampings"]
-    assert set(summary["oracle"]) == {"loss", "elbo"}
-    for name in ("lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual"):
+    assert {"loss", "elbo", "timestep_loss_t1"} <= set(summary["oracle"])
+    for name in ("lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual", "timestep_matrix"):
         png = smoke_study / f"figures/{name}.png"
         with Image.open(png) as im:
             assert im.width > 100 and im.height > 100

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from diffattr.config import evaluation_pairs
 from diffattr.data import read_subsets
 from diffattr.evaluate.lds import actual_by_subset, lds, oracle_lds
 from diffattr.io import Artefact, atomic_path
@@ -57,7 +58,7 @@ def compute_lds(
     sub = read_subsets(subsets_path)
     masks = sub["masks"]
     M, K = sub["seeds"].shape
-    pairs = config["evaluate"]["pairs"]
+    pairs = evaluation_pairs(config)
     targets = sorted({p["target"] for p in pairs})
     actual = {t: actual_by_subset(target_values(meas, t), meas["subset"], meas["seed_index"], M) for t in targets}
     S = next(iter(actual.values())).shape[2]

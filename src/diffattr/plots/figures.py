@@ -5,6 +5,8 @@
 - :func:`hessian_ablation` — K-FAC expand/reduce × MC/empirical Fisher (Fig. 4).
 - :func:`top_influences` — most positive / negative / neutral training images per sample (Fig. 1).
 - :func:`predicted_vs_actual` — predicted against actual change in loss over the retrained models (Fig. 15).
+- :func:`timestep_matrix` — LDS of timestep-loss targets against the timestep used for the scores (Fig. 11).
+- :func:`counterfactual_bars` — change in loss after removing the top influences vs random (Fig. 3).
 """
 
 from __future__ import annotations
@@ -213,3 +215,29 @@ def counterfactual_bars(summary: Mapping[str, Any], png: str | Path, csv_path: s
     ax.legend(fontsize=7)
     _save(fig, png)
     _write_csv(csv_path, ["fraction", "method", "mean_change", "se"], rows)
+
+
+def timestep_matrix(summary: Mapping[str, Any], method: str, png: str | Path, csv_path: str | Path) -> None:
+    """Fig. 11: best-damping LDS (%) of ``method`` for every (scores timestep, target timestep) pair."""
+    entries = [r for r in summary["results"] if r["method"] == method
+               and r["scores"].startswith("timestep_loss_t") and r["target"].startswith("timestep_loss_t")]
+    steps = sorted({int(r["scores"].removeprefix("timestep_loss_t")) for r in entries})
+    grid = np.full((len(steps), len(steps)), np.nan)
+    for r in entries:
+        a = steps.index(int(r["scores"].removeprefix("timestep_loss_t")))
+        b = steps.index(int(r["target"].removeprefix("timestep_loss_t")))
+        grid[a, b] = 100 * (r["best"]["mean"] if r["best"]["mean"] is not None else np.nan)
+    fig, ax = plt.subplots(figsize=(0.6 * len(steps) + 2, 0.55 * len(steps) + 1.5))
+    im = ax.imshow(grid, cmap="viridis")
+    for a in range(len(steps)):
+        for b in range(len(steps)):
+            ax.text(b, a, f"{grid[a, b]:.0f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(range(len(steps)), steps)
+    ax.set_yticks(range(len(steps)), steps)
+    ax.set_xlabel("target: loss at timestep")
+    ax.set_ylabel("scores: loss at timestep")
+    ax.set_title(f"{label(method)}: LDS (%) of timestep losses", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, png)
+    _write_csv(csv_path, ["scores_timestep", "target_timestep", "lds_best"],
+               [(steps[a], steps[b], grid[a, b]) for a in range(len(steps)) for b in range(len(steps))])

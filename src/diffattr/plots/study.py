@@ -15,7 +15,7 @@ from diffattr.plots import figures
 from diffattr.sampling import read_samples
 from diffattr.scores import read_scores
 
-FIGURES = ("lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual")
+FIGURES = ("lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual")  # + timestep_matrix
 
 
 def make_figures(
@@ -28,11 +28,17 @@ def make_figures(
     kfac_loss_scores: str | Path,
     out_dir: str | Path,
 ) -> list[Path]:
-    """Write ``out_dir/{figure}.png`` and ``out_dir/{figure}.csv`` for each of :data:`FIGURES`."""
+    """Write ``out_dir/{figure}.png`` and ``.csv`` for each of :data:`FIGURES` (and ``timestep_matrix`` when
+    ``evaluate.timestep_matrix`` is on)."""
     out = Path(out_dir)
     summary = json.loads(Path(lds_json).read_text())
-    figures.lds_bars(summary, out / "lds.png", out / "lds.csv")
-    figures.damping_curves(summary, out / "damping.png", out / "damping.csv")
+    figures.lds_bars({**summary, "results": [r for r in summary["results"] if "timestep" not in r["target"]]},
+                     out / "lds.png", out / "lds.csv")
+    figures.damping_curves({**summary, "results": [r for r in summary["results"] if "timestep" not in r["target"]]},
+                           out / "damping.png", out / "damping.csv")
+    if config["evaluate"]["timestep_matrix"]:
+        figures.timestep_matrix(summary, read_scores(kfac_loss_scores).attrs["method"],
+                                out / "timestep_matrix.png", out / "timestep_matrix.csv")
     figures.hessian_ablation(summary, out / "hessian_ablation.png", out / "hessian_ablation.csv")
 
     art = read_scores(kfac_loss_scores)
@@ -55,4 +61,5 @@ def make_figures(
         out / "predicted_vs_actual.csv",
         title=f"loss on generated samples, {figures.label(art.attrs['method'])} λ={art['dampings'][k]:.0e}",
     )
-    return [out / f"{name}.png" for name in FIGURES]
+    names = [*FIGURES, "timestep_matrix"] if config["evaluate"]["timestep_matrix"] else FIGURES
+    return [out / f"{name}.png" for name in names]
