@@ -20,16 +20,12 @@ from pathlib import Path
 import torch
 
 from diffattr.config import load_config
-from diffattr.curvature import FlatEps, Variant, build_operator, curvature_from_operator
-from diffattr.data import read_train
-from diffattr.diffusion import Schedule
+from diffattr.curvature import Variant, build_operator, curvature_from_operator
 from diffattr.gradients import measurement_gradients, training_gradients
-from diffattr.models import load_model
 from diffattr.runtime import select_device
-from diffattr.sampling import read_samples
 from diffattr.scores import QueryBank
 from diffattr.scores.influence import stream_scores
-from diffattr.train.loop import to_model_space
+from diffattr.scores.inputs import AttributionInputs, gradient_seeds
 
 
 def main() -> None:
@@ -42,11 +38,9 @@ def main() -> None:
     res = Path("results") / cfg["experiment"]
     device = select_device(cfg["device"])
     icfg = cfg["influence"]
-    model = load_model(res / "models/full", device)
-    wrapper = FlatEps(model).eval()
-    schedule = Schedule.from_config(cfg["diffusion"])
-    images = to_model_space(read_train(res / "data/train.h5")["images"]).to(device)
-    samples = torch.from_numpy(read_samples(res / "samples/samples.h5")["samples"]).to(device)
+    inputs = AttributionInputs.load(cfg, res / "models/full", res / "data/train.h5", res / "samples/samples.h5", device)
+    wrapper, schedule, images, samples = inputs.wrapper, inputs.schedule, inputs.images, inputs.samples
+    seeds = gradient_seeds(icfg)
     n, bs, mc = images.shape[0], icfg["batch_size"], icfg["gradient_mc_samples"]
     hflip = bool(cfg["train"]["hflip"])
     t: dict[str, float] = {}
@@ -62,7 +56,7 @@ def main() -> None:
         t[name] = time.perf_counter() - t0
 
     def grad_fn(x, idx):
-        return training_gradients(wrapper, x, idx, schedule, mc, icfg["seed"] + 1, hflip)
+        return training_gradients(wrapper, x, idx, schedule, mc, seeds["train"], hflip)
 
     with timed("bare per-example gradients (bound)"):
         for start in range(0, n, bs):
@@ -77,7 +71,7 @@ def main() -> None:
     with timed("eigendecomposition"):  # factors are cached in the operator: this only decomposes them
         curv = curvature_from_operator(op, wrapper, n_data, variant, {})
     with timed("query gradients + preconditioning"):
-        queries = {m: measurement_gradients(wrapper, samples, m, schedule, mc, icfg["seed"] + 2)
+        queries = {m: measurement_gradients(wrapper, samples, m, schedule, mc, seeds["query"])
                    for m in icfg["measurements"] if m in ("loss", "elbo")}
         bank = QueryBank(icfg["query_compression"])
         for m, q in queries.items():

@@ -20,14 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffattr.curvature import Curvature, FlatEps, Variant, load_curvature
-from diffattr.data import read_train
-from diffattr.diffusion import Schedule
+from diffattr.curvature import Curvature, Variant, load_curvature
 from diffattr.gradients import dequantize_int8, measurement_gradients, quantize_int8, training_gradients
-from diffattr.models import load_model
-from diffattr.sampling import read_samples
+from diffattr.scores.inputs import AttributionInputs, gradient_seeds
 from diffattr.scores.io import write_scores
-from diffattr.train.loop import to_model_space
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +151,10 @@ def compute_kfac_scores(
     breakdown in seconds (``query_gradients``, ``precondition``, ``train_gradients_and_scoring``).
     """
     icfg = config["influence"]
-    seeds = {"query": icfg["seed"] + 2, "train": icfg["seed"] + 1}
-    model = load_model(model_dir, device)
-    wrapper = FlatEps(model).eval()
-    schedule = Schedule.from_config(config["diffusion"])
-    samples_art = read_samples(samples_path)
-    samples = torch.from_numpy(samples_art["samples"]).to(device)
-    traj = torch.from_numpy(samples_art["trajectories"]) if "trajectories" in samples_art.data else None
-    images = to_model_space(read_train(train_path)["images"]).to(device)
+    seeds = gradient_seeds(icfg)
+    inputs = AttributionInputs.load(config, model_dir, train_path, samples_path, device)
+    wrapper, schedule, images, samples, traj = (
+        inputs.wrapper, inputs.schedule, inputs.images, inputs.samples, inputs.trajectories)
     curvatures = {}
     for p in curvature_paths:
         c = load_curvature(p)

@@ -25,15 +25,11 @@ import torch
 from tqdm.auto import tqdm
 from trak.projectors import BasicProjector, ProjectionType
 
-from diffattr.curvature import FlatEps, kfac_parameters
-from diffattr.data import read_train
-from diffattr.diffusion import Schedule
+from diffattr.curvature import kfac_parameters
 from diffattr.gradients import measurement_gradients, training_gradients
-from diffattr.models import load_model
-from diffattr.sampling import read_samples
 from diffattr.scores.influence import query_specs
+from diffattr.scores.inputs import AttributionInputs, gradient_seeds
 from diffattr.scores.io import write_scores
-from diffattr.train.loop import to_model_space
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +92,11 @@ def compute_trak_scores(
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     output = METHODS[method]
     tcfg, icfg = config["trak"], config["influence"]
-    seeds = {"query": icfg["seed"] + 2, "train": icfg["seed"] + 1}  # the K-FAC path's draws
+    seeds = gradient_seeds(icfg)  # the K-FAC path's draws
     mc = icfg["gradient_mc_samples"]
-    model = load_model(model_dir, device)
-    wrapper = FlatEps(model).eval()
-    schedule = Schedule.from_config(config["diffusion"])
-    art = read_samples(samples_path)
-    samples = torch.from_numpy(art["samples"]).to(device)
-    traj = torch.from_numpy(art["trajectories"]) if "trajectories" in art.data else None
-    images = to_model_space(read_train(train_path)["images"]).to(device)
+    inputs = AttributionInputs.load(config, model_dir, train_path, samples_path, device)
+    wrapper, schedule, images, samples, traj = (
+        inputs.wrapper, inputs.schedule, inputs.images, inputs.samples, inputs.trajectories)
     grad_dim = sum(p.numel() for _, p in kfac_parameters(wrapper))
     projector = make_projector(grad_dim, tcfg["projection_dim"], tcfg["seed"], device)
     hflip = bool(config["train"]["hflip"])
