@@ -99,6 +99,13 @@ def compute_lds(
         "n_train": int(masks.shape[1]),
         "subset_fraction": float(masks.sum(1).mean() / masks.shape[1]),
         "oracle": {t: {"mean": _finite(o.mean), "se": _finite(o.se)} for t, o in oracle.items()},
+        # flat view for `dvc metrics show` (DVC skips lists): method -> "scores->target" -> best / default LDS
+        "table": {
+            r["method"]: {f"{x['scores']}->{x['target']}": {"best": x["best"]["mean"],
+                                                           "default": (x["default"] or {}).get("mean")}
+                          for x in results if x["method"] == r["method"]}
+            for r in results
+        },
         "results": results,
     }
     with atomic_path(out_json) as tmp:
