@@ -1,0 +1,55 @@
+"""Checks that need a CUDA device (deselected in CI: `-m "not gpu"`); run with `pytest -m gpu` on a GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffattr.config import validate_config
+from diffattr.curvature import FlatEps, Variant, fit_curvature
+from diffattr.diffusion import Schedule, sample
+from diffattr.diffusion.ddpm import eps_fn
+from diffattr.gradients import training_gradients
+from diffattr.models import build_unet
+from diffattr.runtime import select_device
+from diffattr.train import train
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_auto_device_is_cuda():
+    assert select_device("auto") == "cuda"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_training_on_gpu_runs_and_learns(precision):
+    cfg = validate_config({"experiment": "g", "train": {"batch_size": 32, "lr": 2e-3, "precision": precision}})["train"]
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+    _, hist = train(build_unet("unet_tiny"), data, Schedule.linear(), cfg, seed=0, steps=60, device="cuda", progress=False)
+    losses = [h[1] for h in hist]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_sampling_on_gpu_is_deterministic_for_a_seed():
+    model = build_unet("unet_tiny").eval().cuda()
+    s = Schedule.linear(50)
+    a, _, _ = sample(eps_fn(model), s, (2, 1, 8, 8), torch.Generator().manual_seed(0), "cuda", progress=False)
+    b, _, _ = sample(eps_fn(model), s, (2, 1, 8, 8), torch.Generator().manual_seed(0), "cuda", progress=False)
+    torch.testing.assert_close(a, b)
+
+
+def test_gpu_gradients_and_curvature_match_cpu():
+    torch.manual_seed(0)
+    model = build_unet("unet_tiny").eval()
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    s = Schedule.linear()
+    g_cpu = training_gradients(FlatEps(model), images, torch.arange(4), s, 3, seed=1)
+    g_gpu = training_gradients(FlatEps(model.cuda()), images.cuda(), torch.arange(4), s, 3, seed=1).cpu()
+    torch.testing.assert_close(g_gpu, g_cpu, rtol=1e-3, atol=1e-4)
+    curv = fit_curvature(model, images.cuda(), s, Variant.from_name("kfac_mc_expand"), 2, 2, seed=0, device="cuda",
+                         progress=False)
+    assert torch.isfinite(curv.eigenvalues()).all()
