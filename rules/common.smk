@@ -1,7 +1,7 @@
 # Helpers, wildcard constraints and target functions (no rules here).
 from pathlib import Path
 
-from diffattr.config import counterfactual_plan
+from diffattr.config import configured_variants, counterfactual_plan, query_names
 
 RESULTS = f"results/{config['experiment']}"
 ENV = "../envs/diffattr.yaml"
@@ -34,19 +34,8 @@ SUBSET_MODELS = [
     for k in range(config["subsets"]["seeds_per_subset"])
 ]
 ALL_MODELS = ["full", *SUBSET_MODELS]
-CURVATURES = [
-    f"{'ekfac' if v.get('eigencorrection') else 'kfac'}_{v['fisher']}_{v['approx']}"
-    for v in config["influence"]["variants"]
-]
-QUERIES = [
-    q
-    for m in config["influence"]["measurements"]
-    for q in (
-        [f"timestep_loss_t{t}" for t in config["measure"]["timesteps"]]
-        if m == "timestep_loss"
-        else [m]
-    )
-]
+CURVATURES = configured_variants(config)
+QUERIES = query_names(config["influence"]["measurements"], config["measure"]["timesteps"])
 MODEL_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "loss.csv", "train_info.json"]
 
 

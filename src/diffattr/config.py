@@ -108,10 +108,11 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
     return cfg
 
 
-def _query_names(measurements: list[str], timesteps: list[int]) -> set[str]:
-    names = {m for m in measurements if m != "timestep_loss"}
-    if "timestep_loss" in measurements:
-        names |= {f"timestep_loss_t{t}" for t in timesteps}
+def query_names(measurements: list[str], timesteps: list[int]) -> list[str]:
+    """Names of the measurement quantities: each measurement, ``timestep_loss`` expanded to ``timestep_loss_t<step>``."""
+    names: list[str] = []
+    for m in measurements:
+        names += [f"timestep_loss_t{t}" for t in timesteps] if m == "timestep_loss" else [m]
     return names
 
 
@@ -131,8 +132,8 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
     T = cfg["diffusion"]["num_timesteps"]
     if any(t > T for t in steps):
         problems.append(f"config key 'measure.timesteps': {steps} exceed diffusion.num_timesteps={T}")
-    measured = _query_names(cfg["measure"]["measurements"], steps)
-    queried = _query_names(cfg["influence"]["measurements"], steps)
+    measured = set(query_names(cfg["measure"]["measurements"], steps))
+    queried = set(query_names(cfg["influence"]["measurements"], steps))
     if cfg["evaluate"]["timestep_matrix"]:
         for key in ("measure", "influence"):
             if "timestep_loss" not in cfg[key]["measurements"]:
@@ -183,6 +184,16 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+def variant_name(fisher: str, approx: str, eigencorrection: bool = False) -> str:
+    """Name of a curvature variant, e.g. ``kfac_mc_expand`` or ``ekfac_empirical_reduce`` (files, score methods)."""
+    return f"{'ekfac' if eigencorrection else 'kfac'}_{fisher}_{approx}"
+
+
+def configured_variants(config: Mapping[str, Any]) -> list[str]:
+    """Names of the curvature variants in ``influence.variants``, in config order."""
+    return [variant_name(v["fisher"], v["approx"], v.get("eigencorrection", False)) for v in config["influence"]["variants"]]
+
+
 def counterfactual_plan(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The retraining runs of the counterfactual evaluation, one per row (model id ``cf<row>``).
 
@@ -193,8 +204,7 @@ def counterfactual_plan(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     ev = config["evaluate"]
     methods = []
     if "kfac" in ev["methods"]:
-        v = config["influence"]["variants"][0]
-        methods.append(f"{'ekfac' if v.get('eigencorrection') else 'kfac'}_{v['fisher']}_{v['approx']}")
+        methods.append(configured_variants(config)[0])
     methods += [m for m in ("trak", "dtrak") if m in ev["methods"]]
     rows = [{"method": "random", "sample": -1, "fraction": float(p)} for p in ev["counterfactual_fractions"]]
     for s in range(min(ev["counterfactual_samples"], config["sample"]["n_samples"])):

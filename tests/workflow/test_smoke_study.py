@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from diffattr.config import load_config
+from diffattr.config import configured_variants, load_config
 from diffattr.models import load_model
 from diffattr.sampling import read_samples
 from tests.conftest import REPO
@@ -61,7 +61,7 @@ def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
     from diffattr.scores.influence import query_specs
 
     icfg = SMOKE["influence"]
-    names = [f"{'ekfac' if v.get('eigencorrection') else 'kfac'}_{v['fisher']}_{v['approx']}" for v in icfg["variants"]]
+    names = configured_variants(SMOKE)
     n_train = 2 * SMOKE["data"]["per_class"]
     for name in names:
         curv = load_curvature(smoke_study / f"curvature/{name}.h5")

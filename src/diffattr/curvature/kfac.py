@@ -23,6 +23,7 @@ import torch
 from curvlinops import EKFACLinearOperator, KFACLinearOperator
 from torch import nn
 
+from diffattr.config import variant_name
 from diffattr.curvature.draws import CurvatureData, FlatEps, kfac_parameters
 from diffattr.diffusion import Schedule
 from diffattr.io import read_h5, write_h5
@@ -65,7 +66,7 @@ class Variant:
 
     @property
     def name(self) -> str:
-        return f"{'ekfac' if self.eigencorrection else 'kfac'}_{self.fisher.value}_{self.approx.value}"
+        return variant_name(self.fisher.value, self.approx.value, self.eigencorrection)
 
 
 @dataclass

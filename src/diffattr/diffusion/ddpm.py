@@ -70,7 +70,6 @@ class Schedule:
         # Per-step coefficients in float64 (1 - alpha_bar cancels badly in float32 at small t).
         ab = self.alphas_cumprod
         ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
-        self.alpha_bar_prev = ab_prev
         self.posterior_var = (1 - ab_prev) / (1 - ab) * self.betas  # beta-tilde; 0 at t = 0
         self.posterior_coef_x0 = ab_prev.sqrt() * self.betas / (1 - ab)
         self.posterior_coef_xt = (1 - self.betas).sqrt() * (1 - ab_prev) / (1 - ab)

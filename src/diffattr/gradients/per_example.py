@@ -12,10 +12,7 @@ Gradients are taken with respect to the K-FAC parameters (every Linear/Conv2d la
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -128,7 +125,3 @@ def measurement_gradients(
         out.append(torch.cat([g.flatten() for g in grads]))
     return torch.stack(out)
 
-
-def flatten_like(params: Sequence[nn.Parameter], vec: torch.Tensor) -> list[torch.Tensor]:
-    """Split a flat ``[P]`` vector into tensors shaped like ``params``."""
-    return [v.reshape(p.shape) for v, p in zip(vec.split([p.numel() for p in params]), params, strict=True)]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffattr.curvature import Curvature, Variant, load_curvature
+from diffattr.curvature import Curvature, load_curvature
 from diffattr.gradients import dequantize_int8, measurement_gradients, quantize_int8, training_gradients
 from diffattr.scores.inputs import AttributionInputs, gradient_seeds
 from diffattr.scores.io import write_scores
@@ -203,7 +203,3 @@ def compute_kfac_scores(
     log.info("timings: %s", {k: round(v, 2) for k, v in timings.items()})
     return timings
 
-
-def variant_names(influence_cfg: Mapping[str, Any]) -> list[str]:
-    """Names of the configured curvature variants (e.g. ``kfac_mc_expand``), in config order."""
-    return [Variant.from_config(v).name for v in influence_cfg["variants"]]
