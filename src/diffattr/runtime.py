@@ -37,14 +37,13 @@ def rule_context(smk: Any) -> Iterator[None]:
     log.info("rule %s started (threads=%d)", getattr(smk, "rule", "?"), threads)
     try:
         yield
+        log.info("rule %s finished", getattr(smk, "rule", "?"))
     except BaseException:
         log.exception("rule %s failed", getattr(smk, "rule", "?"))
         raise
     finally:
         sys.stderr = old_stderr
-        log.info("rule %s finished", getattr(smk, "rule", "?"))
-        if stream is not sys.stderr and stream is not old_stderr:
-            stream.flush()
+        stream.flush()
 
 
 def select_device(setting: str = "auto") -> str:
