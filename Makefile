@@ -6,8 +6,11 @@ PIP         := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 STAMP       := $(VENV)/.installed
 CORES       ?= all
+# Experiment for restore/estimate: quickstart (config.yaml) or the name of a file in experiments/.
+EXP         ?= quickstart
+EXP_CONFIG  := $(if $(filter quickstart,$(EXP)),config.yaml,experiments/$(EXP).yaml)
 
-.PHONY: install run test test-all lint bench lock clean
+.PHONY: install run test test-all lint bench lock clean restore estimate
 
 $(STAMP): pyproject.toml requirements/base.txt requirements/nodeps.txt $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +34,16 @@ test: $(STAMP)
 ## Every test, including slow ones (and GPU ones where CUDA is present).
 test-all: $(STAMP)
 	$(VENV)/bin/pytest
+
+## Fetch an experiment's artefacts from the DVC remote (dvc.yaml, .dvc/config) and mark them up to date for
+## Snakemake: pulled files get fresh mtimes, which `--touch` puts back in the DAG's order.
+restore: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" dvc pull study@$(EXP)
+	$(VENV)/bin/snakemake --cores 1 --touch --quiet rules --configfile $(EXP_CONFIG)
+
+## Jobs per rule and estimated GPU-hours of an experiment (dry run; reference timings in diffattr.cost).
+estimate: $(STAMP)
+	$(PY) -m diffattr.cost $(EXP_CONFIG)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts bench

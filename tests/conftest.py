@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 WORKFLOW_PARTS = ["Snakefile", "rules", "report", "scripts", "envs", "schemas", "config.yaml", "experiments", "src", "requirements"]
+DVC_PARTS = ["dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "Makefile"]
+BIN = Path(sys.executable).parent
+GIT_ID = ["-c", "user.name=diffattr-tests", "-c", "user.email=tests@diffattr.invalid"]
 
 
 def copy_workflow(wd: Path) -> Path:
@@ -32,12 +36,44 @@ def workflow_dir(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path / "wf")
 
 
+def tool_env() -> dict[str, str]:
+    """Environment whose PATH finds this environment's snakemake and dvc first (dvc stages call snakemake)."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def run_tool(workdir: Path, *cmd: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command (dvc, git, make, ...) in ``workdir`` with :func:`tool_env`."""
+    cmd = tuple(str(c) for c in cmd)
+    proc = subprocess.run(list(cmd), cwd=workdir, capture_output=True, text=True, timeout=1800, env=tool_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def git_commit(repo: Path, message: str) -> None:
+    run_tool(repo, "git", "add", "-A")
+    run_tool(repo, "git", *GIT_ID, "commit", "-q", "-m", message)
+
+
 @pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole smoke study (experiments/smoke.yaml), run once through real Snakemake; returns its results dir."""
+def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC copy of the project in which the whole smoke study ran once, through `dvc repro study@smoke`
+    (which runs real Snakemake); its metrics and dvc.lock are committed."""
     wd = copy_workflow(tmp_path_factory.mktemp("smoke") / "wf")
-    run_snakemake(wd, "--cores", "2", "--configfile", "experiments/smoke.yaml")
-    return wd / "results" / "smoke"
+    for part in DVC_PARTS:
+        (wd / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / part, wd / part)
+    run_tool(wd, "git", "init", "-q")
+    git_commit(wd, "workflow")
+    run_tool(wd, BIN / "dvc", "repro", "study@smoke")
+    git_commit(wd, "smoke study")
+    return wd
+
+
+@pytest.fixture(scope="session")
+def smoke_study(smoke_repo: Path) -> Path:
+    """Results directory of the smoke study (see ``smoke_repo``)."""
+    return smoke_repo / "results" / "smoke"
 
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,0 +1,72 @@
+"""The SLURM profile, exercised with the real snakemake and its SLURM executor plugin against stub SLURM commands.
+
+The stubs record each `sbatch` call and report every job as completed; `--immediate-submit` makes Snakemake submit
+the jobs of the cifar2 DAG without waiting for their outputs, so the recorded calls are the real submissions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections import defaultdict
+from pathlib import Path
+
+from tests.conftest import run_snakemake
+
+GPU_RULES = {"train_model", "sample_images", "measure_model", "fit_curvature", "compute_kfac_scores",
+             "compute_trak_scores", "compute_dtrak_scores"}
+STUBS = {
+    "sbatch": 'n=$(( $(cat "$STUB_LOG.count" 2>/dev/null || echo 1000) + 1 )); echo $n > "$STUB_LOG.count"\n'
+              'echo "$*" >> "$STUB_LOG"; echo $n',
+    "sacct": 'last=$(cat "$STUB_LOG.count" 2>/dev/null || echo 1000)\n'
+             'for ((i=1001; i<=last; i++)); do echo "$i|COMPLETED"; done',
+    "squeue": "exit 0",
+    "sinfo": 'echo "$DIFFATTR_SLURM_PARTITION*"',
+    "sacctmgr": 'echo "$DIFFATTR_SLURM_ACCOUNT"',
+}
+
+
+def _stub_path(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        exe = bin_dir / name
+        exe.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Path, tmp_path: Path, monkeypatch):
+    (workflow_dir / "profiles").mkdir()
+    (workflow_dir / "profiles/slurm").symlink_to(Path(__file__).resolve().parents[2] / "profiles/slurm")
+    log = tmp_path / "sbatch.log"
+    monkeypatch.setenv("PATH", f"{_stub_path(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STUB_LOG", str(log))
+    monkeypatch.setenv("DIFFATTR_SLURM_PARTITION", "gpuq")
+    monkeypatch.setenv("DIFFATTR_SLURM_ACCOUNT", "proj42")
+    args = ["--profile", "profiles/slurm", "--configfile", "experiments/cifar2.yaml"]
+
+    dry = run_snakemake(workflow_dir, "-n", *args)
+    assert re.search(r"train_model\s+533\n", dry.stdout), dry.stdout[-2000:]  # full + 500 fleet + 32 counterfactual
+    assert not log.exists()  # a dry run submits nothing
+
+    # Jobs downstream of the (stubbed) cluster jobs fail for want of real outputs: only the calls are checked.
+    run_snakemake(workflow_dir, *args, "--immediate-submit", "--notemp", "--latency-wait", "0", check=False)
+    calls = defaultdict(list)
+    for line in log.read_text().splitlines():
+        options = line.split(" --wrap=")[0]
+        rule = re.search(r"--comment rule_([a-z_]+?)(?:_wildcards_\S+)?(?:\s|$)", options).group(1)
+        calls[rule].append(options)
+    assert GPU_RULES <= set(calls), sorted(calls)
+    assert {"prepare_dataset", "make_subsets"} <= set(calls)
+    # the full model and 100 subsets x 5 seeds; the counterfactual retrainings wait for outputs the stubs never write
+    assert len(calls["train_model"]) == 501
+    for rule, submitted in calls.items():
+        for options in submitted:
+            assert ("--gpus=1" in options) == (rule in GPU_RULES), (rule, options)
+            assert ("--cpus-per-gpu=8" in options) == (rule in GPU_RULES), (rule, options)
+            assert "-p gpuq" in options and "-A proj42" in options
+            assert re.search(r"--mem \d+", options) and re.search(r"-t \d+", options)
+    train = calls["train_model"][0]
+    assert "--mem 32000" in train and "-t 120" in train  # cifar2's resources.train_*
