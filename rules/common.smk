@@ -78,7 +78,7 @@ def train_inputs(wildcards):
 def evaluated_score_files():
     """Score files of the method families listed in evaluate.methods."""
     families = config["evaluate"]["methods"]
-    methods = (CURVATURES if "kfac" in families else []) + [m for m in ("trak", "dtrak") if m in families]
+    methods = (CURVATURES if "kfac" in families else []) + [m for m in ("trak", "dtrak", "clip") if m in families]
     return [res(f"scores/{method}/{query}.h5") for method in methods for query in QUERIES]
 
 

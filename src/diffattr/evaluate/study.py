@@ -81,10 +81,10 @@ def compute_lds(
                 "family": family(method),
                 "scores": scored,
                 "target": target,
-                "dampings": [float(d) for d in art["dampings"]],
+                "dampings": [_finite(d) for d in art["dampings"]],  # NaN (CLIP: undamped) -> null
                 "lds_mean": [_finite(c.mean) for c in curve],
                 "lds_se": [_finite(c.se) for c in curve],
-                "best": {"damping": float(art["dampings"][best]), "mean": _finite(curve[best].mean), "se": _finite(curve[best].se)},
+                "best": {"damping": _finite(art["dampings"][best]), "mean": _finite(curve[best].mean), "se": _finite(curve[best].se)},
                 "default": None if dflt is None else {
                     "damping": float(art["dampings"][dflt]), "mean": _finite(curve[dflt].mean), "se": _finite(curve[dflt].se)},
             })

@@ -96,6 +96,10 @@ def damping_curves(summary: Mapping[str, Any], png: str | Path, csv_path: str | 
         for r in summary["results"]:
             if (r["scores"], r["target"]) != (scored, target):
                 continue
+            if all(d is None for d in r["dampings"]):  # no damping (CLIP): a horizontal line
+                if r["lds_mean"][0] is not None:
+                    ax.axhline(100 * r["lds_mean"][0], ls=":", color="grey", label=label(r["method"]))
+                continue
             y = np.array([np.nan if v is None else 100 * v for v in r["lds_mean"]])
             e = np.array([np.nan if v is None else 100 * v for v in r["lds_se"]])
             ax.errorbar(r["dampings"], y, yerr=e, marker="o", ms=3, capsize=2, label=label(r["method"]))

@@ -1,0 +1,166 @@
+"""Cost estimate of an experiment before running it: jobs per rule from a Snakemake dry run, GPU-hours per job from
+unit costs measured on reference hardware (``cost_reference.json``, written by ``bench/unit_costs.py``).
+
+    python -m diffattr.cost experiments/cifar2.yaml        (or: make estimate EXP=cifar2)
+
+The per-job model counts the network evaluations each rule performs (training steps, forward passes, per-example
+gradients, K-FAC passes, projections) from the merged config and multiplies them by the measured unit costs; it
+ignores data loading, process start-up and file writes, so short jobs are underestimated. CPU-only rules are
+counted but not costed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from diffattr.config import load_config, query_names
+from diffattr.scores.trak import TRAK_BLOCK
+
+REFERENCE_FILE = Path(__file__).with_name("cost_reference.json")
+CIFAR10_PER_CLASS = 5000  # training images per class of CIFAR-10
+
+
+def load_reference(path: str | Path = REFERENCE_FILE) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def n_train(cfg: Mapping[str, Any]) -> int | None:
+    """Training-set size implied by ``data`` (None when only the data can tell: an image folder without per_class)."""
+    data = cfg["data"]
+    classes, per_class = data.get("classes"), data.get("per_class")
+    if data["source"] == "cifar10_python":
+        return (len(classes) if classes else 10) * (per_class or CIFAR10_PER_CLASS)
+    if classes and per_class:
+        return len(classes) * per_class
+    return None
+
+
+def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") -> list[tuple[str, dict[str, str]]]:
+    """The jobs ``snakemake -n`` would run for ``configfile``: ``[(rule, wildcards)]``."""
+    exe = Path(sys.executable).with_name("snakemake")
+    proc = subprocess.run([str(exe), "-n", "--cores", "1", "--snakefile", str(snakefile), "--configfile",
+                           str(configfile)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"snakemake -n --configfile {configfile} failed:\n{proc.stderr[-3000:]}")
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            jobs.append((m.group(1), {}))
+        elif jobs and line.strip().startswith("wildcards:"):
+            pairs = line.split(":", 1)[1].split(",")
+            jobs[-1][1].update(p.strip().split("=", 1) for p in pairs if "=" in p)
+    return jobs
+
+
+def job_seconds(rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float | None:
+    """Estimated GPU seconds of one job on the reference hardware; None for CPU-only rules."""
+    N, S, T = n_train(cfg) or 0, cfg["sample"]["n_samples"], cfg["diffusion"]["num_timesteps"]
+    icfg, mcfg, tr = cfg["influence"], cfg["measure"], cfg["train"]
+    fwd, grad = ref["forward_s_per_image"], ref["gradient_s_per_example_draw"]
+    n_queries = len(query_names(icfg["measurements"], mcfg["timesteps"]))
+    query_draws = S * n_queries * icfg["gradient_mc_samples"]
+    if rule == "train_model":
+        steps = tr["subset_steps"] if wildcards.get("model", "").startswith("subset") else tr["steps"]
+        if tr["precision"] not in ref["train_step_s"]:
+            raise ValueError(f"train.precision {tr['precision']!r} has no reference step time (have "
+                             f"{sorted(ref['train_step_s'])})")
+        return steps * ref["train_step_s"][tr["precision"]] * tr["batch_size"] / ref["train_batch"]
+    if rule == "sample_images":
+        return S * T * fwd
+    if rule == "measure_model":
+        names = set(mcfg["measurements"])
+        per_sample = (mcfg["mc_samples"] * (bool(names & {"loss", "elbo"}) + ("timestep_loss" in names))
+                      + T * ("trajectory" in names))
+        return S * per_sample * fwd
+    if rule == "fit_curvature":
+        name = wildcards["curvature"]
+        approx = "expand" if name.endswith("expand") else "reduce"
+        s = N * icfg["curvature_mc_samples"] * ref[f"kfac_fit_{approx}_s_per_example_draw"] + ref[f"kfac_eig_{approx}_s"]
+        if name.startswith("ekfac"):  # eigenvalue correction: one more gradient pass over the same draws
+            s += N * icfg["curvature_mc_samples"] * grad
+        return s
+    if rule == "compute_kfac_scores":
+        return (N * icfg["gradient_mc_samples"] + query_draws) * grad
+    if rule in ("compute_trak_scores", "compute_dtrak_scores"):
+        # traker's BasicProjector regenerates its matrix per call: a cost per call (one per block of training
+        # gradients and one per query set), linear in k
+        per_call = ref["project_s_per_gradient"] * ref["project_batch"] * cfg["trak"]["projection_dim"] / ref["projection_dim"]
+        calls = math.ceil(N / max(icfg["batch_size"], TRAK_BLOCK)) + n_queries
+        return (N * icfg["gradient_mc_samples"] + query_draws) * grad + calls * per_call
+    if rule == "compute_clip_scores":
+        return (N + S) * ref.get("clip_forward_s_per_image", fwd)
+    return None
+
+
+def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snakefile: str | Path = "Snakefile") -> dict[str, Any]:
+    """Per-rule job counts and GPU-hours of the experiment ``configfile`` (merged over config.yaml)."""
+    ref = ref or load_reference()
+    import yaml
+
+    # as Snakemake does: the experiment file deep-merged over config.yaml
+    cfg = load_config(Path(snakefile).with_name("config.yaml"), yaml.safe_load(Path(configfile).read_text()))
+    if cfg["model"]["preset"] != ref["preset"]:
+        raise ValueError(f"{configfile}: model.preset is {cfg['model']['preset']!r}, but the reference unit costs "
+                         f"({REFERENCE_FILE.name}) are for {ref['preset']!r}; measure them with "
+                         f"`python bench/unit_costs.py --preset {cfg['model']['preset']} --json FILE`")
+    if n_train(cfg) is None:
+        raise ValueError(f"{configfile}: the training-set size depends on the data (set data.per_class and data.classes)")
+    rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "gpu": False, "max_job_hours": 0.0})
+    for rule, wildcards in dry_run_jobs(configfile, snakefile):
+        if rule == "all":
+            continue
+        s = job_seconds(rule, wildcards, cfg, ref)
+        rows[rule]["jobs"] += 1
+        if s is not None:
+            rows[rule]["gpu"] = True
+            rows[rule]["gpu_hours"] += s / 3600
+            rows[rule]["max_job_hours"] = max(rows[rule]["max_job_hours"], s / 3600)
+            # the wall-time limit the rule asks the cluster for (rules/*.smk: config key resources)
+            key = "train_runtime" if rule == "train_model" else "gpu_runtime"
+            rows[rule]["runtime_limit_hours"] = cfg["resources"][key] / 60
+            rows[rule]["runtime_key"] = f"resources.{key}"
+    return {"experiment": cfg["experiment"], "n_train": n_train(cfg), "reference": ref, "rules": dict(rows),
+            "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values())}
+
+
+def format_estimate(est: Mapping[str, Any]) -> str:
+    ref = est["reference"]
+    lines = [f"experiment {est['experiment']} (N = {est['n_train']} training images)",
+             f"reference: {ref['device']}, torch {ref['torch']}, unit costs measured {ref['date']} by bench/unit_costs.py "
+             f"(preset {ref['preset']})",
+             f"{'rule':<24} {'jobs':>6} {'GPU-h/job':>10} {'GPU-h':>10}"]
+    for rule, r in sorted(est["rules"].items(), key=lambda kv: -kv[1]["gpu_hours"]):
+        if r["gpu"]:
+            lines.append(f"{rule:<24} {r['jobs']:>6} {r['gpu_hours'] / r['jobs']:>10.3f} {r['gpu_hours']:>10.1f}")
+        else:
+            lines.append(f"{rule:<24} {r['jobs']:>6} {'CPU':>10} {'-':>10}")
+    for rule, r in est["rules"].items():
+        if r["gpu"] and r["max_job_hours"] > r["runtime_limit_hours"]:
+            lines.append(f"warning: a {rule} job is estimated at {r['max_job_hours']:.1f} h, over its requested "
+                         f"{r['runtime_key']} of {r['runtime_limit_hours']:.1f} h")
+    lines.append(f"{'total':<24} {sum(r['jobs'] for r in est['rules'].values()):>6} {'':>10} {est['total_gpu_hours']:>10.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configfile", help="experiment config, e.g. experiments/cifar2.yaml")
+    ap.add_argument("--reference", default=str(REFERENCE_FILE), help="unit costs (bench/unit_costs.py --json)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+    est = estimate(args.configfile, load_reference(args.reference))
+    print(json.dumps(est, indent=2) if args.json else format_estimate(est))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Cost estimate: job counts come from the real Snakemake dry run, GPU-hours from the unit-cost model."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffattr.config import load_config
+from diffattr.cost import estimate, format_estimate, job_seconds, load_reference, n_train
+from tests.conftest import REPO
+
+REF = {"preset": "ddpm_cifar", "device": "test", "torch": "x", "date": "today", "train_batch": 128,
+       "train_step_s": {"fp32": 0.2, "tf32": 0.1, "bf16": 0.05}, "forward_s_per_image": 1e-4,
+       "gradient_s_per_example_draw": 2e-3, "kfac_fit_expand_s_per_example_draw": 3e-3,
+       "kfac_fit_reduce_s_per_example_draw": 1e-3, "kfac_eig_expand_s": 3.0, "kfac_eig_reduce_s": 2.0,
+       "projection_dim": 32768, "project_batch": 32, "project_s_per_gradient": 1e-2}
+
+
+def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
+    est = estimate(REPO / "experiments/cifar2.yaml", REF, REPO / "Snakefile")
+    rules = est["rules"]
+    assert est["n_train"] == 5000
+    assert rules["train_model"]["jobs"] == 533 and rules["measure_model"]["jobs"] == 533
+    assert rules["fit_curvature"]["jobs"] == 4 and "all" not in rules
+    assert not rules["compute_lds"]["gpu"] and rules["compute_clip_scores"]["gpu"]
+    # training: full and 32 counterfactual runs at 32k steps, 500 subset runs at 16k, 0.1 s per tf32 step
+    assert rules["train_model"]["gpu_hours"] == pytest.approx((33 * 32000 + 500 * 16000) * 0.1 / 3600)
+    # measurement per model: 200 samples x (5000 loss/elbo + 5000 timestep draws + 1000 trajectory steps) forwards
+    assert rules["measure_model"]["gpu_hours"] == pytest.approx(533 * 200 * 11000 * 1e-4 / 3600)
+    assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
+    table = format_estimate(est)
+    assert "train_model" in table and "reference: test" in table
+
+
+def test_ekfac_adds_a_gradient_pass_and_cpu_rules_are_not_priced():
+    cfg = load_config(REPO / "experiments/cifar2.yaml")
+    kfac = job_seconds("fit_curvature", {"curvature": "kfac_mc_expand"}, cfg, REF)
+    ekfac = job_seconds("fit_curvature", {"curvature": "ekfac_mc_expand"}, cfg, REF)
+    assert kfac == pytest.approx(5000 * 250 * 3e-3 + 3.0)
+    assert ekfac - kfac == pytest.approx(5000 * 250 * 2e-3)
+    assert job_seconds("compute_lds", {}, cfg, REF) is None
+
+
+def test_reference_mismatch_and_unknown_size_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="model.preset is 'unet_tiny'"):
+        estimate(REPO / "experiments/smoke.yaml", REF, REPO / "Snakefile")
+    assert n_train({"data": {"source": "image_folder", "classes": None, "per_class": None}}) is None
+
+
+def test_shipped_reference_is_complete():
+    ref = load_reference()
+    assert set(REF) <= set(ref) and ref["preset"] == "ddpm_cifar"
+    assert {"fp32", "tf32", "bf16"} <= set(ref["train_step_s"])
+
+
+@pytest.mark.parametrize("experiment", ["cifar2", "cifar10"])
+def test_paper_configs_request_enough_wall_time_for_their_estimated_jobs(experiment):
+    est = estimate(REPO / f"experiments/{experiment}.yaml", load_reference(), REPO / "Snakefile")
+    for rule, r in est["rules"].items():
+        if r["gpu"]:
+            assert r["max_job_hours"] <= r["runtime_limit_hours"], (rule, r)
