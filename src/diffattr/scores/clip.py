@@ -82,7 +82,8 @@ class ClipEmbedder:
 
 
 def _missing_weights(backend: str, weights: Any) -> FileNotFoundError:
-    where = "clip.weights is not set" if weights is None else f"clip.weights = {weights} does not exist"
+    kind = "a checkpoint file" if backend == "open_clip" else "a save_pretrained directory (with config.json)"
+    where = "clip.weights is not set" if weights is None else f"clip.weights = {weights} is not {kind}"
     return FileNotFoundError(f"CLIP weights for backend {backend!r} not found: {where}. This machine cannot download "
                              f"them at run time; {HOW_TO_GET[backend]}.")
 
