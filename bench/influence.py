@@ -71,7 +71,7 @@ def main() -> None:
     with timed("eigendecomposition"):  # factors are cached in the operator: this only decomposes them
         curv = curvature_from_operator(op, wrapper, n_data, variant, {})
     with timed("query gradients + preconditioning"):
-        queries = {m: measurement_gradients(wrapper, samples, m, schedule, mc, seeds["query"])
+        queries = {m: measurement_gradients(wrapper, samples, m, schedule, mc, seeds["query"], batch_size=bs)
                    for m in icfg["measurements"] if m in ("loss", "elbo")}
         bank = QueryBank(icfg["query_compression"])
         for m, q in queries.items():

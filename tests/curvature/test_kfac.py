@@ -23,11 +23,11 @@ from diffattr.curvature import (
 from diffattr.diffusion import Schedule
 from diffattr.models import build_unet
 
-torch.set_default_dtype(torch.float64)
-
 
 @pytest.fixture(autouse=True, scope="module")
-def _float32_again():
+def _float64():
+    """Exactness tests run in float64 (set per module run, not at import: collection must not leak it)."""
+    torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)
 

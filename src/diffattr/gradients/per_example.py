@@ -12,13 +12,15 @@ Gradients are taken with respect to the K-FAC parameters (every Linear/Conv2d la
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffattr.curvature.draws import FlatEps, example_draws, kfac_parameters, noisy_inputs
 from diffattr.diffusion import Schedule
-from diffattr.diffusion.ddpm import eps_fn
+from diffattr.diffusion.ddpm import EpsModel
 from diffattr.measure import functions as F
 from diffattr.measure.oracle import crn_draws
 
@@ -68,6 +70,27 @@ def training_gradients(
     return torch.cat([g[n].flatten(1) for n, _ in named], dim=1)
 
 
+def _measurement_fn(
+    measurement: str, schedule: Schedule, output: str, timestep: int | None
+) -> Callable[[EpsModel, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``(eps_model, x0 [1, C, H, W], t [1, n], eps [1, n, C, H, W], traj [1, T + 1, ...] | None) -> m`` (a scalar)."""
+    if output == "square_norm":
+        if measurement != "loss":
+            raise ValueError("the square-norm output replaces the loss measurement only")
+        return lambda model, x0, t, eps, traj: F._flat_eps(model, F._noisy(schedule, x0, t, eps), t).pow(2).flatten(2).sum(-1).mean()
+    if measurement == "loss":
+        return lambda model, x0, t, eps, traj: F.loss(model, schedule, x0, t, eps).mean()
+    if measurement == "elbo":
+        return lambda model, x0, t, eps, traj: F.elbo(model, schedule, x0, t, eps).mean()
+    if measurement == "timestep_loss":
+        if timestep is None:
+            raise ValueError("timestep_loss gradients need a timestep")
+        return lambda model, x0, t, eps, traj: F.timestep_loss(model, schedule, x0, [timestep], eps).mean()
+    if measurement == "trajectory":
+        return lambda model, x0, t, eps, traj: F.trajectory(model, schedule, traj)[0]
+    raise ValueError(f"unknown measurement {measurement!r}; expected one of {F.MEASUREMENTS}")
+
+
 def measurement_gradients(
     wrapper: FlatEps,
     samples: torch.Tensor,
@@ -78,8 +101,9 @@ def measurement_gradients(
     timestep: int | None = None,
     trajectories: torch.Tensor | None = None,
     output: str = "loss",
+    batch_size: int = 16,
 ) -> torch.Tensor:
-    """Gradients of a measurement at each generated sample, ``[S, P]``.
+    """Gradients of a measurement at each generated sample, ``[S, P]``, vectorised over samples (``torch.func``).
 
     Args:
         wrapper: :class:`FlatEps` around the U-Net, in eval mode.
@@ -92,36 +116,34 @@ def measurement_gradients(
         timestep: Paper step for ``timestep_loss``.
         trajectories: Stored sampling trajectories for ``trajectory``.
         output: ``square_norm`` replaces the ``loss`` measurement by the D-TRAK output ||ε_θ||².
+        batch_size: Samples per vectorised call (``trajectory`` takes one at a time: each is T model calls).
     """
+    fn = _measurement_fn(measurement, schedule, output, timestep)
+    if measurement == "trajectory":
+        if trajectories is None:
+            raise ValueError("trajectory gradients need the stored trajectories")
+        batch_size = 1
     named = kfac_parameters(wrapper)
-    params = [p for _, p in named]
-    model = eps_fn(wrapper.unet)
-    T = schedule.num_timesteps
-    out = []
-    for i in range(samples.shape[0]):
-        x0 = samples[i : i + 1]
-        t, eps = crn_draws(seed, i, mc_samples, tuple(samples.shape[1:]), T)
-        t, eps = t[None].to(x0.device), eps[None].to(x0.device)
-        if output == "square_norm":
-            if measurement != "loss":
-                raise ValueError("the square-norm output replaces the loss measurement only")
-            x_t = F._noisy(schedule, x0, t, eps)
-            m = F._flat_eps(model, x_t, t).pow(2).flatten(2).sum(-1).mean()
-        elif measurement == "loss":
-            m = F.loss(model, schedule, x0, t, eps).mean()
-        elif measurement == "elbo":
-            m = F.elbo(model, schedule, x0, t, eps).mean()
-        elif measurement == "timestep_loss":
-            if timestep is None:
-                raise ValueError("timestep_loss gradients need a timestep")
-            m = F.timestep_loss(model, schedule, x0, [timestep], eps).mean()
-        elif measurement == "trajectory":
-            if trajectories is None:
-                raise ValueError("trajectory gradients need the stored trajectories")
-            m = F.trajectory(model, schedule, trajectories[i : i + 1].to(x0.device))[0]
-        else:
-            raise ValueError(f"unknown measurement {measurement!r}")
-        grads = torch.autograd.grad(m, params)
-        out.append(torch.cat([g.flatten() for g in grads]))
-    return torch.stack(out)
+    params = {n: p.detach() for n, p in named}
+    T, shape, device = schedule.num_timesteps, tuple(samples.shape[1:]), samples.device
 
+    def per_sample(p, x0, t, eps, traj):
+        def model(x, tt):
+            return functional_call(wrapper, p, ({"x": x, "t": tt},)).reshape(x.shape)
+
+        return fn(model, x0[None], t[None], eps[None], None if traj is None else traj[None])
+
+    out = []
+    for start in range(0, samples.shape[0], batch_size):
+        idx = range(start, min(start + batch_size, samples.shape[0]))
+        draws = [crn_draws(seed, i, mc_samples, shape, T) for i in idx]
+        t = torch.stack([d[0] for d in draws]).to(device)
+        eps = torch.stack([d[1] for d in draws]).to(device)
+        traj = trajectories[idx.start : idx.stop].to(device) if measurement == "trajectory" else None
+        # Same no_grad / MATH-attention reasons as in training_gradients.
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            g = vmap(grad(per_sample), in_dims=(None, 0, 0, 0, None if traj is None else 0))(
+                params, samples[idx.start : idx.stop], t, eps, traj
+            )
+        out.append(torch.cat([g[n].flatten(1) for n, _ in named], dim=1))
+    return torch.cat(out)

@@ -165,7 +165,8 @@ def compute_kfac_scores(
     queries = {}
     for name, measurement, step in query_specs(icfg["measurements"], config["measure"]["timesteps"]):
         queries[name] = measurement_gradients(
-            wrapper, samples, measurement, schedule, icfg["gradient_mc_samples"], seeds["query"], step, traj
+            wrapper, samples, measurement, schedule, icfg["gradient_mc_samples"], seeds["query"], step, traj,
+            batch_size=icfg["batch_size"],
         )
         log.info("query gradients %s: %s", name, tuple(queries[name].shape))
     timings["query_gradients"] = time.perf_counter() - t0

@@ -124,9 +124,11 @@ def compute_trak_scores(
     written = {}
     for name, measurement, step in query_specs(icfg["measurements"], config["measure"]["timesteps"]):
         if output == "square_norm":
-            q = measurement_gradients(wrapper, samples, "loss", schedule, mc, seeds["query"], output=output)
+            q = measurement_gradients(wrapper, samples, "loss", schedule, mc, seeds["query"], output=output,
+                                      batch_size=icfg["batch_size"])
         else:
-            q = measurement_gradients(wrapper, samples, measurement, schedule, mc, seeds["query"], step, traj)
+            q = measurement_gradients(wrapper, samples, measurement, schedule, mc, seeds["query"], step, traj,
+                                      batch_size=icfg["batch_size"])
         written[name] = trak_scores(project(projector, q), train_feats, tcfg["dampings"]).cpu().numpy()
     timings["query_features_and_scores"] = time.perf_counter() - t0
     for name, scores in written.items():
