@@ -121,6 +121,19 @@ def test_one_pass_damping_sweep_matches_curvlinops_inverse(tiny_unet_setup, name
     assert len(params) == len(curv.param_names)
 
 
+def test_float32_preconditioning_matches_float64(tiny_unet_setup):
+    """float32 queries: float64 into the eigenbasis and rescaling, float32 back; rows agree to float32 precision."""
+    torch.set_default_dtype(torch.float32)
+    model, images, schedule = tiny_unet_setup
+    curv = fit_curvature(model, images, schedule, Variant.from_name("kfac_mc_expand"), 2, 3, seed=1, progress=False)
+    v = torch.randn(3, sum(curv.sizes), dtype=torch.float64)
+    ref = curv.precondition(v, [1e-8, 1e-2])
+    got = curv.precondition(v.float(), [1e-8, 1e-2])
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    rel = (got.double() - ref).norm(dim=-1) / ref.norm(dim=-1)
+    assert rel.max() < 1e-5, rel
+
+
 def test_curvature_roundtrip(tiny_unet_setup, tmp_path):
     torch.set_default_dtype(torch.float32)
     model, images, schedule = tiny_unet_setup

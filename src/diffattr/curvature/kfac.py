@@ -172,9 +172,11 @@ class Curvature:
         Returns:
             ``[n_damping, n, P]`` in the dtype of ``vecs``.
         """
+        # Into the eigenbasis and rescaled in float64: dividing by small eigenvalues amplifies rounding errors of
+        # the coordinates. Back in the dtype of ``vecs``: that rotation's rounding stays relative to the result.
         coords = self.rotate(vecs.double())
         lam = self.eigenvalues().to(coords.device)
-        return torch.stack([self.rotate_back(coords / (lam + d)).to(vecs.dtype) for d in dampings])
+        return torch.stack([self.rotate_back((coords / (lam + d)).to(vecs.dtype)) for d in dampings])
 
 
 def _named_factors(state: Mapping[str, Any], key: str) -> dict[str, torch.Tensor]:
