@@ -21,6 +21,7 @@ from diffattr.diffusion import Schedule
 from diffattr.gradients import measurement_gradients, quantize_int8, training_gradients
 from diffattr.models import build_unet
 from diffattr.scores import QueryBank, influence_scores
+from diffattr.scores.influence import stream_scores
 
 
 def test_influence_predicts_retraining_on_ridge_regression():
@@ -111,3 +112,21 @@ def test_query_bank_blocks_and_quantisation():
     q, s = quantize_int8(rows[0])
     assert q.dtype == torch.int8 and q.abs().max() == 127
     torch.testing.assert_close(q.float() * s[:, None], rows[0], atol=s.max().item() / 2 + 1e-7, rtol=0)
+
+
+def test_streamed_scores_equal_one_shot_scores_for_any_block_size():
+    torch.manual_seed(0)
+    train = torch.randn(10, 40)
+    images = torch.arange(10.0)[:, None]  # stands in for the images: grad_fn looks rows up by index
+
+    def grad_fn(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        assert torch.equal(x[:, 0], idx.float())
+        return train[idx]
+
+    for compression in ("none", "int8"):
+        bank = QueryBank(compression)
+        bank.add(("m", "loss"), torch.randn(2, 3, 40))
+        want = bank.split(bank.dot(train))[("m", "loss")].numpy()
+        for block_bytes in (1, 3 * 40 * 4, 2**30):  # every batch, every second batch, everything at once
+            got = stream_scores(bank, grad_fn, images, 3, progress=False, block_bytes=block_bytes)[("m", "loss")]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

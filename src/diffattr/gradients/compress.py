@@ -15,7 +15,3 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.round(x.float() / safe[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
 
-
-def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`quantize_int8` (up to rounding)."""
-    return q.to(dtype) * scale.to(dtype)[:, None]

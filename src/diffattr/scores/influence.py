@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffattr.curvature import Curvature, load_curvature
-from diffattr.gradients import dequantize_int8, measurement_gradients, quantize_int8, training_gradients
+from diffattr.gradients import measurement_gradients, quantize_int8, training_gradients
 from diffattr.scores.inputs import AttributionInputs, gradient_seeds
 from diffattr.scores.io import write_scores
 
@@ -79,9 +79,11 @@ class QueryBank:
         out = []
         for start in range(0, rows.shape[0], self.chunk_rows):
             block = rows[start : start + self.chunk_rows].to(train.device)
-            if self.compression == "int8":
-                block = dequantize_int8(block, self._scales[0][start : start + self.chunk_rows].to(train.device))
-            out.append(block @ train.T)
+            if self.compression == "int8":  # scale after the product: one pass less over the rows
+                scale = self._scales[0][start : start + self.chunk_rows].to(train.device)
+                out.append((block.float() @ train.T) * scale[:, None])
+            else:
+                out.append(block @ train.T)
         return torch.cat(out)
 
     def split(self, dots: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
@@ -119,19 +121,37 @@ def stream_scores(
     images: torch.Tensor,
     batch_size: int,
     progress: bool = True,
+    block_bytes: int = 256 * 2**20,
 ) -> dict[tuple[str, str], np.ndarray]:
     """Phase 2: compute each training gradient once (``grad_fn(images[idx], idx)``) and score every bank row.
+
+    Gradients are held until ``block_bytes`` of them (or the last batch) are ready, then scored in one pass.
 
     Returns:
         ``{key: [n_damping, n_query, n_train]}`` float32.
     """
     n = images.shape[0]
     out = {k: np.zeros((nd, nq, n), dtype=np.float32) for k, (_, nd, nq) in bank.blocks.items()}
+    pending: list[torch.Tensor] = []
+    done = 0
+
+    def flush() -> None:
+        # One bank pass per block of gradients: each pass dequantises every bank row, so blocks of up to
+        # ``block_bytes`` of gradients (not single batches) amortise it.
+        nonlocal done
+        g = torch.cat(pending)
+        for k, v in bank.split(bank.dot(g)).items():
+            out[k][:, :, done : done + len(g)] = v.cpu().numpy()
+        done += len(g)
+        pending.clear()
+
     for start in tqdm(range(0, n, batch_size), desc="training gradients", disable=not progress, mininterval=2):
         idx = torch.arange(start, min(start + batch_size, n))
-        g = grad_fn(images[idx], idx)
-        for k, v in bank.split(bank.dot(g)).items():
-            out[k][:, :, start : start + len(idx)] = v.cpu().numpy()
+        pending.append(grad_fn(images[idx], idx))
+        if sum(p.numel() * p.element_size() for p in pending) >= block_bytes:
+            flush()
+    if pending:
+        flush()
     return out
 
 
