@@ -114,7 +114,7 @@ def main() -> None:
         with timed("query gradients + preconditioning"):
             queries = {m: measurement_gradients(wrapper, samples, m, schedule, mc, seeds["query"], batch_size=bs)
                        for m in icfg["measurements"] if m in ("loss", "elbo")}
-            bank = QueryBank(icfg["query_compression"])
+            bank = QueryBank(icfg["query_compression"], curv.sizes)
             for m, q in queries.items():
                 bank.add((variant.name, m), curv.precondition(q, icfg["dampings"]))
         with timed("training gradients + scoring"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from curvlinops import KFACLinearOperator
 from scipy.stats import pearsonr, spearmanr
@@ -18,7 +19,7 @@ from diffattr.curvature import (
     kfac_parameters,
 )
 from diffattr.diffusion import Schedule
-from diffattr.gradients import measurement_gradients, quantize_int8, training_gradients
+from diffattr.gradients import dequantize_int8, measurement_gradients, quantize_int8, training_gradients
 from diffattr.models import build_unet
 from diffattr.scores import QueryBank, influence_scores
 from diffattr.scores.influence import stream_scores
@@ -109,9 +110,33 @@ def test_query_bank_blocks_and_quantisation():
     out = bank.split(bank.dot(train))
     torch.testing.assert_close(out[("a", "loss")], rows @ train.T)
     torch.testing.assert_close(out[("b", "elbo")], 2 * rows[:1] @ train.T)
-    q, s = quantize_int8(rows[0])
-    assert q.dtype == torch.int8 and q.abs().max() == 127
-    torch.testing.assert_close(q.float() * s[:, None], rows[0], atol=s.max().item() / 2 + 1e-7, rtol=0)
+    sizes = [20, 5, 25]
+    q, s = quantize_int8(rows[0], sizes)
+    assert q.dtype == torch.int8 and s.shape == (3, 3)
+    for part in q.split(sizes, dim=1):  # every (row, group) uses its full range
+        assert (part.abs().amax(dim=1) == 127).all()
+    back = dequantize_int8(q, s, sizes)
+    for part, orig, scale in zip(back.split(sizes, 1), rows[0].split(sizes, 1), s.unbind(1), strict=True):
+        assert ((part - orig).abs() <= scale[:, None] / 2 + 1e-6).all()
+    with pytest.raises(ValueError, match="do not split 50 columns"):
+        quantize_int8(rows[0], [20, 20])
+
+
+def test_int8_keeps_layers_that_a_dominant_layer_would_round_away():
+    """Small damping: one layer's near-null directions dominate a preconditioned row by orders of magnitude.
+
+    One scale per row rounds every other layer to zero; one scale per parameter tensor keeps their ranking.
+    """
+    g = torch.Generator().manual_seed(0)
+    sizes = [30, 400, 200]
+    row = torch.cat([1e4 * torch.randn(1, 30, generator=g), torch.randn(1, 600, generator=g)], dim=1)
+    train = torch.randn(300, 630, generator=g)
+    train[:, :30] *= 1e-5  # the training gradients barely touch the dominant directions
+    exact = (row @ train.T)[0]
+    per_param = (dequantize_int8(*quantize_int8(row, sizes), sizes) @ train.T)[0]
+    per_row = (dequantize_int8(*quantize_int8(row)) @ train.T)[0]
+    assert spearmanr(exact.numpy(), per_param.numpy()).statistic >= 0.99
+    assert spearmanr(exact.numpy(), per_row.numpy()).statistic < 0.9
 
 
 def test_streamed_scores_equal_one_shot_scores_for_any_block_size():
@@ -124,7 +149,7 @@ def test_streamed_scores_equal_one_shot_scores_for_any_block_size():
         return train[idx]
 
     for compression in ("none", "int8"):
-        bank = QueryBank(compression)
+        bank = QueryBank(compression, [10, 30], chunk_bytes=3 * 40 * 4)  # dequantised 3 rows at a time
         bank.add(("m", "loss"), torch.randn(2, 3, 40))
         want = bank.split(bank.dot(train))[("m", "loss")].numpy()
         for block_bytes in (1, 3 * 40 * 4, 2**30):  # every batch, every second batch, everything at once

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffattr.curvature import Curvature, load_curvature
-from diffattr.gradients import measurement_gradients, quantize_int8, training_gradients
+from diffattr.gradients import dequantize_int8, measurement_gradients, quantize_int8, training_gradients
 from diffattr.scores.inputs import AttributionInputs, gradient_seeds
 from diffattr.scores.io import write_scores
 
@@ -34,11 +34,14 @@ COMPRESSIONS = ("int8", "none")
 class QueryBank:
     """Preconditioned query gradients of several (method, measurement) blocks, each ``[n_damping, n_query, P]``.
 
-    Rows are stored as int8 with one float32 scale per row (``compression="int8"``) or as float32.
+    Rows are stored as float32 (``compression="none"``) or as int8 with one float32 scale per row and group of
+    columns (``compression="int8"``; the groups are ``group_sizes``, the parameter tensors; see
+    :mod:`diffattr.gradients.compress`). :meth:`dot` dequantises ``chunk_bytes`` of rows at a time.
     """
 
     compression: str = "int8"
-    chunk_rows: int = 2048
+    group_sizes: Sequence[int] | None = None
+    chunk_bytes: int = 256 * 2**20
     blocks: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)  # -> (start, n_damp, n_query)
     _rows: list[torch.Tensor] = field(default_factory=list)
     _scales: list[torch.Tensor] = field(default_factory=list)
@@ -53,7 +56,7 @@ class QueryBank:
         n_damp, n_query, p = preconditioned.shape
         flat = preconditioned.reshape(n_damp * n_query, p).float()
         if self.compression == "int8":
-            q, s = quantize_int8(flat)
+            q, s = quantize_int8(flat, self.group_sizes)
             self._rows.append(q)
             self._scales.append(s)
         else:
@@ -66,7 +69,7 @@ class QueryBank:
         return self._n_rows
 
     def nbytes(self) -> int:
-        return sum(r.numel() * r.element_size() for r in self._rows)
+        return sum(t.numel() * t.element_size() for t in self._rows + self._scales)
 
     def dot(self, train: torch.Tensor) -> torch.Tensor:
         """Every row against training gradients ``[B, P]`` -> ``[n_rows, B]`` (float32)."""
@@ -76,14 +79,14 @@ class QueryBank:
             scales = torch.cat(self._scales) if len(self._scales) > 1 else self._scales[0]
             self._scales = [scales]
         train = train.float()
+        step = max(1, self.chunk_bytes // (4 * rows.shape[1]))
         out = []
-        for start in range(0, rows.shape[0], self.chunk_rows):
-            block = rows[start : start + self.chunk_rows].to(train.device)
-            if self.compression == "int8":  # scale after the product: one pass less over the rows
-                scale = self._scales[0][start : start + self.chunk_rows].to(train.device)
-                out.append((block.float() @ train.T) * scale[:, None])
-            else:
-                out.append(block @ train.T)
+        for start in range(0, rows.shape[0], step):
+            block = rows[start : start + step].to(train.device)
+            if self.compression == "int8":
+                scale = self._scales[0][start : start + step].to(train.device)
+                block = dequantize_int8(block, scale, self.group_sizes)
+            out.append(block @ train.T)
         return torch.cat(out)
 
     def split(self, dots: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
@@ -99,7 +102,7 @@ def influence_scores(
     compression: str = "none",
 ) -> torch.Tensor:
     """τ = ∇m ᵀ (G + λI)⁻¹ ∇ℓ_j for every λ, query and training example: ``[n_damping, n_query, n_train]``."""
-    bank = QueryBank(compression)
+    bank = QueryBank(compression, curvature.sizes)
     bank.add(("m", "q"), curvature.precondition(query_grads, dampings))
     return bank.split(bank.dot(train_grads))[("m", "q")]
 
@@ -192,7 +195,8 @@ def compute_kfac_scores(
     timings["query_gradients"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    bank = QueryBank(icfg["query_compression"])
+    sizes = next(iter(curvatures.values())).sizes  # every variant covers the same parameters
+    bank = QueryBank(icfg["query_compression"], sizes)
     for method, curv in curvatures.items():
         for name, q in queries.items():
             bank.add((method, name), curv.precondition(q, icfg["dampings"]))
