@@ -1,10 +1,10 @@
-"""How far K-FAC influence at each damping can be trusted numerically: scores under float32-sized perturbations.
+"""How far K-FAC influence at each damping can be trusted numerically: rounding and int8 compression.
 
-Perturbs the query (measurement) gradients by a relative ``--eps`` (default 1e-6, the size of float32 rounding
-differences between two correct implementations, e.g. vectorised against per-sample autograd), scores both
-with the same training gradients, and prints per damping: the largest score change (relative to the largest
-score), the Spearman correlation of the two score vectors, the LDS of both and the share of K-FAC eigenvalues
-below the damping. Dampings at which the scores move are dominated by rounding in near-null eigendirections.
+Per damping, against the unquantised scores: the largest change (relative to the largest score) when the query
+(measurement) gradients are perturbed by a relative ``--eps`` (default 1e-6, the size of float32 rounding
+differences between two correct implementations), the Spearman correlation of int8-compressed scores with one
+scale per parameter tensor (what the pipeline stores) and with one scale per row, the LDS of each, and the share
+of K-FAC eigenvalues below the damping.
 
     python bench/damping_sensitivity.py [--config config.yaml] [--variant kfac_mc_expand] [--measurement loss]
 
@@ -28,7 +28,6 @@ from diffattr.gradients import measurement_gradients, training_gradients
 from diffattr.io import read_h5
 from diffattr.runtime import select_device
 from diffattr.scores import QueryBank
-from diffattr.scores.influence import stream_scores
 from diffattr.scores.inputs import AttributionInputs, gradient_seeds
 
 
@@ -53,28 +52,36 @@ def main() -> None:
                               batch_size=bs)
     noise = torch.randn(q.shape, generator=torch.Generator().manual_seed(0)).to(q)
     perturbed = q + args.eps * noise * q.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True)
-    bank = QueryBank("none")
-    bank.add(("scores", "original"), curv.precondition(q, dampings))
-    bank.add(("scores", "perturbed"), curv.precondition(perturbed, dampings))
     hflip = bool(cfg["train"]["hflip"])
-    out = stream_scores(
-        bank,
-        lambda x, idx: training_gradients(inputs.wrapper, x, idx, inputs.schedule, mc, seeds["train"], hflip),
-        inputs.images, bs, progress=False,
-    )
-    a, b = out[("scores", "original")], out[("scores", "perturbed")]
+    train = torch.cat([
+        training_gradients(inputs.wrapper, inputs.images[i : i + bs], torch.arange(i, min(i + bs, len(inputs.images))),
+                           inputs.schedule, mc, seeds["train"], hflip)
+        for i in range(0, len(inputs.images), bs)
+    ])
+    scores = {}
+    for name, rows, compression, groups in [
+        ("none", q, "none", None), ("perturbed", perturbed, "none", None),
+        ("int8", q, "int8", curv.sizes), ("int8 per row", q, "int8", None),
+    ]:
+        bank = QueryBank(compression, groups)
+        bank.add(("scores", name), curv.precondition(rows, dampings))
+        scores[name] = bank.split(bank.dot(train))[("scores", name)].numpy()
 
     masks = read_h5(res / "data/subsets.h5")["masks"]
     meas = read_h5(res / "measurements/measurements.h5")
     actual = actual_by_subset(meas[args.measurement], meas["subset"], meas["seed_index"], masks.shape[0])
     lam = curv.eigenvalues().numpy()
-    print(f"{args.variant}, {args.measurement} scores; query gradients perturbed by a relative {args.eps:g}")
-    print(f"{'damping':>8} {'eig < damping':>13} {'max |Δτ| / max |τ|':>19} {'Spearman':>9} {'LDS':>7} {'LDS pert.':>9}")
+    a = scores["none"]
+    print(f"{args.variant}, {args.measurement} scores against unquantised ones; perturbation {args.eps:g}")
+    print(f"{'damping':>8} {'eig<damping':>11} {'perturbed: max|Δτ|/max|τ|':>26} "
+          f"{'Spearman: int8':>14} {'int8/row':>9}   LDS: {'none':>6} {'int8':>6} {'int8/row':>8}")
     for k, d in enumerate(dampings):
-        change = np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()
-        rho = np.mean([spearmanr(a[k, i], b[k, i]).statistic for i in range(a.shape[1])])
-        print(f"{d:>8.0e} {np.mean(lam < d):>13.1%} {change:>19.1e} {rho:>9.4f} "
-              f"{lds(a[k], masks, actual).mean:>7.1%} {lds(b[k], masks, actual).mean:>9.1%}")
+        change = np.abs(a[k] - scores["perturbed"][k]).max() / np.abs(a[k]).max()
+        rho = {n: np.mean([spearmanr(a[k, i], scores[n][k, i]).statistic for i in range(a.shape[1])])
+               for n in ("int8", "int8 per row")}
+        lds_of = {n: lds(scores[n][k], masks, actual).mean for n in ("none", "int8", "int8 per row")}
+        print(f"{d:>8.0e} {np.mean(lam < d):>11.1%} {change:>26.1e} {rho['int8']:>14.4f} {rho['int8 per row']:>9.4f}"
+              f"        {lds_of['none']:>6.1%} {lds_of['int8']:>6.1%} {lds_of['int8 per row']:>8.1%}")
 
 
 if __name__ == "__main__":
