@@ -40,7 +40,7 @@ rule compute_kfac_scores:
     resources:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
-        runtime=config["resources"]["gpu_runtime"],
+        runtime=config["resources"]["kfac_scores_runtime"],
     log:
         logfile("compute_kfac_scores"),
     benchmark:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from diffattr.config import load_config
-from diffattr.cost import estimate, format_estimate, job_seconds, load_reference, n_train
+from diffattr.cost import (
+    estimate,
+    format_estimate,
+    job_seconds,
+    kfac_bank,
+    kfac_parameter_count,
+    load_reference,
+    n_train,
+)
 from tests.conftest import REPO
 
 REF = {"preset": "ddpm_cifar", "device": "test", "torch": "x", "date": "today", "train_batch": 128,
@@ -27,8 +35,22 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     # measurement per model: 200 samples x (5000 loss/elbo + 5000 timestep draws + 1000 trajectory steps) forwards
     assert rules["measure_model"]["gpu_hours"] == pytest.approx(533 * 200 * 11000 * 1e-4 / 3600)
     assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
+    # K-FAC scores: the int8 bank (4 variants x 10 dampings x 2 measurements x 200 samples of P bytes) is 612 GB,
+    # so 64 GB of bank memory means 10 passes over the training set (5000 examples x 250 draws each)
+    P = kfac_parameter_count("ddpm_cifar")
+    assert est["kfac_bank"]["gigabytes"] == pytest.approx(4 * 10 * 2 * 200 * P / 1e9)
+    assert est["kfac_bank"]["passes"] == 10
+    assert rules["compute_kfac_scores"]["gpu_hours"] == pytest.approx((10 * 5000 * 250 + 2 * 200 * 250) * 2e-3 / 3600)
     table = format_estimate(est)
-    assert "train_model" in table and "reference: test" in table
+    assert "train_model" in table and "reference: test" in table and "makes 10 passes" in table
+
+
+def test_kfac_bank_fits_in_one_pass_with_enough_memory():
+    cfg = load_config(REPO / "experiments/cifar2.yaml")
+    cfg["influence"]["bank_memory_mb"] = 10**6
+    assert kfac_bank(cfg, 1000)[1] == 1
+    cfg["influence"]["query_compression"] = "none"  # float32 rows: four times the bytes
+    assert kfac_bank(cfg, 1000)[0] == 4 * kfac_bank({**cfg, "influence": {**cfg["influence"], "query_compression": "int8"}}, 1000)[0]
 
 
 def test_ekfac_adds_a_gradient_pass_and_cpu_rules_are_not_priced():

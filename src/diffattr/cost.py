@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffattr.config import load_config, query_names
+from diffattr.config import configured_variants, load_config, query_names
+from diffattr.scores.influence import plan_passes
 from diffattr.scores.trak import TRAK_BLOCK
 
 REFERENCE_FILE = Path(__file__).with_name("cost_reference.json")
@@ -44,6 +45,25 @@ def n_train(cfg: Mapping[str, Any]) -> int | None:
     return None
 
 
+def kfac_parameter_count(preset: str) -> int:
+    """Number of parameters K-FAC covers (every Linear/Conv2d layer) in a model preset."""
+    from diffattr.curvature import FlatEps, kfac_parameters
+    from diffattr.models import build_unet
+
+    return sum(p.numel() for _, p in kfac_parameters(FlatEps(build_unet(preset))))
+
+
+def kfac_bank(cfg: Mapping[str, Any], n_params: int) -> tuple[float, int]:
+    """Size of the query bank of ``compute_kfac_scores`` in bytes, and the passes over the training set it needs."""
+    icfg = cfg["influence"]
+    n_queries = len(query_names(icfg["measurements"], cfg["measure"]["timesteps"]))
+    per_sample = (len(configured_variants(cfg)) * len(icfg["dampings"]) * n_params
+                  * (1 if icfg["query_compression"] == "int8" else 4))
+    n_samples = cfg["sample"]["n_samples"]
+    passes = plan_passes(n_queries, n_samples, per_sample, icfg["bank_memory_mb"] * 2**20)
+    return float(n_queries * n_samples * per_sample), len(passes)
+
+
 def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") -> list[tuple[str, dict[str, str]]]:
     """The jobs ``snakemake -n`` would run for ``configfile``: ``[(rule, wildcards)]``."""
     exe = Path(sys.executable).with_name("snakemake")
@@ -62,8 +82,13 @@ def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") ->
     return jobs
 
 
-def job_seconds(rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float | None:
-    """Estimated GPU seconds of one job on the reference hardware; None for CPU-only rules."""
+def job_seconds(
+    rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any], ref: Mapping[str, Any], bank_passes: int = 1
+) -> float | None:
+    """Estimated GPU seconds of one job on the reference hardware; None for CPU-only rules.
+
+    ``bank_passes``: passes of ``compute_kfac_scores`` over the training set (see :func:`kfac_bank`).
+    """
     N, S, T = n_train(cfg) or 0, cfg["sample"]["n_samples"], cfg["diffusion"]["num_timesteps"]
     icfg, mcfg, tr = cfg["influence"], cfg["measure"], cfg["train"]
     fwd, grad = ref["forward_s_per_image"], ref["gradient_s_per_example_draw"]
@@ -90,7 +115,7 @@ def job_seconds(rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any],
             s += N * icfg["curvature_mc_samples"] * grad
         return s
     if rule == "compute_kfac_scores":
-        return (N * icfg["gradient_mc_samples"] + query_draws) * grad
+        return (bank_passes * N * icfg["gradient_mc_samples"] + query_draws) * grad
     if rule in ("compute_trak_scores", "compute_dtrak_scores"):
         # traker's BasicProjector regenerates its matrix per call: a cost per call (one per block of training
         # gradients and one per query set), linear in k
@@ -115,22 +140,25 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
                          f"`python bench/unit_costs.py --preset {cfg['model']['preset']} --json FILE`")
     if n_train(cfg) is None:
         raise ValueError(f"{configfile}: the training-set size depends on the data (set data.per_class and data.classes)")
+    bank_bytes, passes = kfac_bank(cfg, kfac_parameter_count(cfg["model"]["preset"]))
     rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "gpu": False, "max_job_hours": 0.0})
     for rule, wildcards in dry_run_jobs(configfile, snakefile):
         if rule == "all":
             continue
-        s = job_seconds(rule, wildcards, cfg, ref)
+        s = job_seconds(rule, wildcards, cfg, ref, passes)
         rows[rule]["jobs"] += 1
         if s is not None:
             rows[rule]["gpu"] = True
             rows[rule]["gpu_hours"] += s / 3600
             rows[rule]["max_job_hours"] = max(rows[rule]["max_job_hours"], s / 3600)
             # the wall-time limit the rule asks the cluster for (rules/*.smk: config key resources)
-            key = "train_runtime" if rule == "train_model" else "gpu_runtime"
+            key = {"train_model": "train_runtime", "compute_kfac_scores": "kfac_scores_runtime"}.get(rule, "gpu_runtime")
             rows[rule]["runtime_limit_hours"] = cfg["resources"][key] / 60
             rows[rule]["runtime_key"] = f"resources.{key}"
     return {"experiment": cfg["experiment"], "n_train": n_train(cfg), "reference": ref, "rules": dict(rows),
-            "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values())}
+            "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values()),
+            "kfac_bank": {"gigabytes": bank_bytes / 1e9, "passes": passes,
+                          "bank_memory_mb": cfg["influence"]["bank_memory_mb"]}}
 
 
 def format_estimate(est: Mapping[str, Any]) -> str:
@@ -148,6 +176,11 @@ def format_estimate(est: Mapping[str, Any]) -> str:
         if r["gpu"] and r["max_job_hours"] > r["runtime_limit_hours"]:
             lines.append(f"warning: a {rule} job is estimated at {r['max_job_hours']:.1f} h, over its requested "
                          f"{r['runtime_key']} of {r['runtime_limit_hours']:.1f} h")
+    bank = est["kfac_bank"]
+    if bank["passes"] > 1:
+        lines.append(f"note: the K-FAC query bank needs {bank['gigabytes']:.0f} GB, more than influence.bank_memory_mb "
+                     f"= {bank['bank_memory_mb']} MB: compute_kfac_scores makes {bank['passes']} passes over the "
+                     f"training set (fewer variants, dampings or samples per job, or more memory, cut them)")
     lines.append(f"{'total':<24} {sum(r['jobs'] for r in est['rules'].values()):>6} {'':>10} {est['total_gpu_hours']:>10.1f}")
     return "\n".join(lines)
 

@@ -22,7 +22,7 @@ from diffattr.diffusion import Schedule
 from diffattr.gradients import dequantize_int8, measurement_gradients, quantize_int8, training_gradients
 from diffattr.models import build_unet
 from diffattr.scores import QueryBank, influence_scores
-from diffattr.scores.influence import stream_scores
+from diffattr.scores.influence import plan_passes, stream_scores
 
 
 def test_influence_predicts_retraining_on_ridge_regression():
@@ -155,3 +155,13 @@ def test_streamed_scores_equal_one_shot_scores_for_any_block_size():
         for block_bytes in (1, 3 * 40 * 4, 2**30):  # every batch, every second batch, everything at once
             got = stream_scores(bank, grad_fn, images, 3, progress=False, block_bytes=block_bytes)[("m", "loss")]
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_plan_passes_covers_every_query_once_within_the_budget():
+    assert plan_passes(3, 5, 100, 10**6) == [[(0, 0, 5), (1, 0, 5), (2, 0, 5)]]  # fits: one pass
+    passes = plan_passes(3, 5, 100, 400)  # 4 (query set, sample) pairs per pass
+    assert [sum(e - s for _, s, e in p) for p in passes] == [4, 4, 4, 3]
+    assert passes[0] == [(0, 0, 4)] and passes[1] == [(0, 4, 5), (1, 0, 3)]
+    covered = sorted((k, i) for p in passes for k, s, e in p for i in range(s, e))
+    assert covered == [(k, i) for k in range(3) for i in range(5)]
+    assert len(plan_passes(2, 3, 10**9, 1)) == 6  # a sample larger than the budget still gets its own pass

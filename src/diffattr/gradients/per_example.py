@@ -102,6 +102,7 @@ def measurement_gradients(
     trajectories: torch.Tensor | None = None,
     output: str = "loss",
     batch_size: int = 16,
+    first_index: int = 0,
 ) -> torch.Tensor:
     """Gradients of a measurement at each generated sample, ``[S, P]``, vectorised over samples (``torch.func``).
 
@@ -112,11 +113,12 @@ def measurement_gradients(
             (needs ``trajectories`` ``[S, T + 1, C, H, W]``).
         schedule: Noise schedule.
         mc_samples: Draws per sample.
-        seed: Seed of the draws (sample ``i`` uses draws ``(seed, i)``).
+        seed: Seed of the draws (sample ``i`` uses draws ``(seed, first_index + i)``).
         timestep: Paper step for ``timestep_loss``.
         trajectories: Stored sampling trajectories for ``trajectory``.
         output: ``square_norm`` replaces the ``loss`` measurement by the D-TRAK output ||ε_θ||².
         batch_size: Samples per vectorised call (``trajectory`` takes one at a time: each is T model calls).
+        first_index: Index of ``samples[0]`` among all samples (a slice gets the draws of its place in the whole).
     """
     fn = _measurement_fn(measurement, schedule, output, timestep)
     if measurement == "trajectory":
@@ -136,7 +138,7 @@ def measurement_gradients(
     out = []
     for start in range(0, samples.shape[0], batch_size):
         idx = range(start, min(start + batch_size, samples.shape[0]))
-        draws = [crn_draws(seed, i, mc_samples, shape, T) for i in idx]
+        draws = [crn_draws(seed, first_index + i, mc_samples, shape, T) for i in idx]
         t = torch.stack([d[0] for d in draws]).to(device)
         eps = torch.stack([d[1] for d in draws]).to(device)
         traj = trajectories[idx.start : idx.stop].to(device) if measurement == "trajectory" else None

@@ -42,7 +42,7 @@ class QueryBank:
     compression: str = "int8"
     group_sizes: Sequence[int] | None = None
     chunk_bytes: int = 256 * 2**20
-    blocks: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)  # -> (start, n_damp, n_query)
+    blocks: dict[tuple, tuple[int, int, int]] = field(default_factory=dict)  # -> (start, n_damp, n_query)
     _rows: list[torch.Tensor] = field(default_factory=list)
     _scales: list[torch.Tensor] = field(default_factory=list)
     _n_rows: int = 0
@@ -51,8 +51,8 @@ class QueryBank:
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
 
-    def add(self, key: tuple[str, str], preconditioned: torch.Tensor) -> None:
-        """Add a block ``[n_damping, n_query, P]`` under ``key`` = (method, measurement)."""
+    def add(self, key: tuple, preconditioned: torch.Tensor) -> None:
+        """Add a block ``[n_damping, n_query, P]`` under ``key`` (e.g. (method, measurement))."""
         n_damp, n_query, p = preconditioned.shape
         flat = preconditioned.reshape(n_damp * n_query, p).float()
         if self.compression == "int8":
@@ -89,7 +89,7 @@ class QueryBank:
             out.append(block @ train.T)
         return torch.cat(out)
 
-    def split(self, dots: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
+    def split(self, dots: torch.Tensor) -> dict[tuple, torch.Tensor]:
         """Split the output of :meth:`dot` (``[n_rows, B]``) into ``{key: [n_damping, n_query, B]}``."""
         return {k: dots[s : s + nd * nq].reshape(nd, nq, -1) for k, (s, nd, nq) in self.blocks.items()}
 
@@ -125,7 +125,7 @@ def stream_scores(
     batch_size: int,
     progress: bool = True,
     block_bytes: int = 256 * 2**20,
-) -> dict[tuple[str, str], np.ndarray]:
+) -> dict[tuple, np.ndarray]:
     """Phase 2: compute each training gradient once (``grad_fn(images[idx], idx)``) and score every bank row.
 
     Gradients are held until ``block_bytes`` of them (or the last batch) are ready, then scored in one pass.
@@ -158,6 +158,28 @@ def stream_scores(
     return out
 
 
+def plan_passes(n_specs: int, n_samples: int, bytes_per_sample: int, budget: int) -> list[list[tuple[int, int, int]]]:
+    """Split the query bank into passes over the training set that each fit ``budget`` bytes.
+
+    A bank row group is one (query set, sample): ``bytes_per_sample`` covers all its variants and dampings.
+
+    Returns:
+        Per pass, ``(spec index, first sample, end sample)`` ranges, in order; one pass when everything fits.
+    """
+    per_pass = max(1, budget // max(1, bytes_per_sample))
+    flat = [(k, i) for k in range(n_specs) for i in range(n_samples)]
+    passes = []
+    for start in range(0, len(flat), per_pass):
+        units: list[tuple[int, int, int]] = []
+        for k, i in flat[start : start + per_pass]:
+            if units and units[-1][0] == k and units[-1][2] == i:
+                units[-1] = (k, units[-1][1], i + 1)
+            else:
+                units.append((k, i, i + 1))
+        passes.append(units)
+    return passes
+
+
 def compute_kfac_scores(
     config: Mapping[str, Any],
     model_dir: str | Path,
@@ -170,8 +192,10 @@ def compute_kfac_scores(
 ) -> dict[str, float]:
     """Stage ``compute_kfac_scores``: every configured variant × measurement, training gradients computed once.
 
-    Writes ``out_dir/{method}/{measurement}.h5`` (see :mod:`diffattr.scores.io`) and returns the wall-time
-    breakdown in seconds (``query_gradients``, ``precondition``, ``train_gradients_and_scoring``).
+    Training gradients are computed once per pass over the training set; there is one pass unless the query
+    bank exceeds ``influence.bank_memory_mb`` (see :func:`plan_passes`). Writes
+    ``out_dir/{method}/{measurement}.h5`` (see :mod:`diffattr.scores.io`) and returns the wall-time breakdown in
+    seconds (``query_gradients``, ``precondition``, ``train_gradients_and_scoring``) and the number of passes.
     """
     icfg = config["influence"]
     seeds = gradient_seeds(icfg)
@@ -182,49 +206,58 @@ def compute_kfac_scores(
     for p in curvature_paths:
         c = load_curvature(p)
         curvatures[c.variant.name] = c
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    queries = {}
-    for name, measurement, step in query_specs(icfg["measurements"], config["measure"]["timesteps"]):
-        queries[name] = measurement_gradients(
-            wrapper, samples, measurement, schedule, icfg["gradient_mc_samples"], seeds["query"], step, traj,
-            batch_size=icfg["batch_size"],
-        )
-        log.info("query gradients %s: %s", name, tuple(queries[name].shape))
-    timings["query_gradients"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    dampings, mc, bs = icfg["dampings"], icfg["gradient_mc_samples"], icfg["batch_size"]
     sizes = next(iter(curvatures.values())).sizes  # every variant covers the same parameters
-    bank = QueryBank(icfg["query_compression"], sizes)
-    for method, curv in curvatures.items():
-        for name, q in queries.items():
-            bank.add((method, name), curv.precondition(q, icfg["dampings"]))
-    timings["precondition"] = time.perf_counter() - t0
-    log.info("query bank: %d rows, %.1f MB (%s)", bank.n_rows, bank.nbytes() / 1e6, icfg["query_compression"])
-
-    t0 = time.perf_counter()
+    specs = query_specs(icfg["measurements"], config["measure"]["timesteps"])
+    n_samples, n_train = samples.shape[0], images.shape[0]
+    row_bytes = sum(sizes) * (1 if icfg["query_compression"] == "int8" else 4)
+    per_sample = len(curvatures) * len(dampings) * row_bytes
+    passes = plan_passes(len(specs), n_samples, per_sample, icfg["bank_memory_mb"] * 2**20)
+    if len(passes) > 1:
+        log.warning(
+            "the query bank needs %.1f GB, more than influence.bank_memory_mb = %d MB: scoring in %d passes over "
+            "the training set, each recomputing the training gradients",
+            len(specs) * n_samples * per_sample / 1e9, icfg["bank_memory_mb"], len(passes),
+        )
     hflip = bool(config["train"]["hflip"])
 
     def grad_fn(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return training_gradients(wrapper, x, idx, schedule, icfg["gradient_mc_samples"], seeds["train"], hflip)
+        return training_gradients(wrapper, x, idx, schedule, mc, seeds["train"], hflip)
 
-    scores = stream_scores(bank, grad_fn, images, icfg["batch_size"], progress)
-    timings["train_gradients_and_scoring"] = time.perf_counter() - t0
+    scores = {(m, name): np.zeros((len(dampings), n_samples, n_train), dtype=np.float32)
+              for m in curvatures for name, _, _ in specs}
+    timings = {"query_gradients": 0.0, "precondition": 0.0, "train_gradients_and_scoring": 0.0}
+    for k, units in enumerate(passes):
+        bank = QueryBank(icfg["query_compression"], sizes)
+        for spec, s0, s1 in units:
+            name, measurement, step = specs[spec]
+            t0 = time.perf_counter()
+            q = measurement_gradients(wrapper, samples[s0:s1], measurement, schedule, mc, seeds["query"], step,
+                                      None if traj is None else traj[s0:s1], batch_size=bs, first_index=s0)
+            timings["query_gradients"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for method, curv in curvatures.items():
+                bank.add((method, name, s0), curv.precondition(q, dampings))
+            timings["precondition"] += time.perf_counter() - t0
+        log.info("pass %d/%d: query bank of %d rows, %.1f MB (%s)", k + 1, len(passes), bank.n_rows,
+                 bank.nbytes() / 1e6, icfg["query_compression"])
+        t0 = time.perf_counter()
+        for (method, name, s0), values in stream_scores(bank, grad_fn, images, bs, progress).items():
+            scores[(method, name)][:, s0 : s0 + values.shape[1]] = values
+        timings["train_gradients_and_scoring"] += time.perf_counter() - t0
 
     out_dir = Path(out_dir)
     for (method, name), values in scores.items():
         write_scores(
             out_dir / method / f"{name}.h5",
             values,
-            icfg["dampings"],
+            dampings,
             method,
             name,
             icfg["default_damping"],
             config={"influence": dict(icfg), "diffusion": dict(config["diffusion"])},
             attrs={"curvature": curvatures[method].args, "query_compression": icfg["query_compression"],
-                   "gradient_mc_samples": icfg["gradient_mc_samples"], "seeds": seeds, "timings": timings},
+                   "gradient_mc_samples": mc, "seeds": seeds, "timings": timings, "bank_passes": len(passes)},
         )
-    log.info("timings: %s", {k: round(v, 2) for k, v in timings.items()})
-    return timings
-
+    log.info("timings: %s (%d passes)", {k: round(v, 2) for k, v in timings.items()}, len(passes))
+    return {**timings, "passes": float(len(passes))}
