@@ -4,7 +4,7 @@ Symmetric, per row and per group of columns: q = round(127 · v / max|v|) with o
 (row, group). The groups are the parameter tensors (a layer's weight, its bias), as in the paper's code, which
 quantises each parameter's gradient on its own. One scale per whole row is not enough at small damping: the
 preconditioned row is then dominated by a few near-null eigendirections of one layer, and a single scale rounds
-every other layer to zero (on the quickstart model at λ = 1e-8, Spearman 0.87 against unquantised scores, 0.998
+most entries of the other layers to zero (on the quickstart model at λ = 1e-8, Spearman 0.87 against unquantised scores, 0.998
 with per-parameter scales).
 """
 
