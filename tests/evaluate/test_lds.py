@@ -62,3 +62,64 @@ def test_actual_by_subset_orders_models_and_reports_gaps():
     np.testing.assert_array_equal(out[1, 1], values[3])
     with pytest.raises(ValueError, match="missing"):
         actual_by_subset(values[:4], subset[:4], seed_index[:4], 2)
+
+
+def _study_files(tmp_path, predicted_loss_change, masks, seeds_per_subset=2):
+    """measurements.h5 and subsets.h5 for M subsets x K seeds whose ELBO is an exact negative affine function of
+    the loss change predicted by the scores (and whose loss follows the prediction exactly)."""
+    from diffattr.io import write_h5
+
+    M, S = predicted_loss_change.shape
+    K = seeds_per_subset
+    loss = np.concatenate([np.zeros((1, S)), np.repeat(predicted_loss_change, K, axis=0)])  # full model first
+    elbo = -(3.0 * loss + 5.0)  # loss ≈ -ELBO up to weights and a constant (paper Fig. 18)
+    write_h5(tmp_path / "measurements.h5", {
+        "loss": loss, "elbo": elbo, "model_id": np.asarray(["full", *[f"subset{m}_seed{k}" for m in range(M) for k in range(K)]]),
+        "subset": np.asarray([-1, *[m for m in range(M) for _ in range(K)]]),
+        "seed_index": np.asarray([-1, *[k for _ in range(M) for k in range(K)]]),
+        "seed": np.arange(1 + M * K), "timesteps": np.asarray([1])})
+    write_h5(tmp_path / "subsets.h5", {"masks": masks, "seeds": np.arange(M * K).reshape(M, K)})
+
+
+@pytest.mark.parametrize(("method", "predicts"), [("kfac_mc_expand", "loss"), ("dtrak", "square_norm"),
+                                                  ("clip", "similarity")])
+def test_substituted_measurement_is_oriented(tmp_path, method, predicts):
+    """Scores predicting the loss (or a loss-like output) against an ELBO that is an exact negative affine function
+    of that loss: LDS = +1 (a sign error gives -1)."""
+    from diffattr.config import validate_config
+    from diffattr.evaluate.study import compute_lds
+    from diffattr.scores import write_scores
+
+    rng = np.random.default_rng(0)
+    S, N, M = 4, 24, 9
+    masks = np.zeros((M, N), dtype=bool)
+    for m in range(M):
+        masks[m, rng.choice(N, N // 2, replace=False)] = True
+    scores = rng.normal(size=(S, N))
+    _study_files(tmp_path, predicted_changes(scores, masks), masks)
+    files = [tmp_path / "loss.h5"]
+    write_scores(files[0], scores[None], [1e-8], method, "loss", 1e-8, predicts=predicts)
+    if predicts != "loss":  # D-TRAK and CLIP write the same loss-like scores into their ELBO file
+        files.append(write_scores(tmp_path / "elbo.h5", scores[None], [1e-8], method, "elbo", 1e-8, predicts=predicts))
+    pairs = [{"scores": "loss", "target": "elbo"}, {"scores": "elbo", "target": "elbo"}]
+    cfg = validate_config({"experiment": "t", "measure": {"measurements": ["loss", "elbo"], "timesteps": [1]},
+                           "influence": {"measurements": ["loss", "elbo"]},
+                           "evaluate": {"timestep_matrix": False, "pairs": pairs}})
+    summary = compute_lds(cfg, tmp_path / "measurements.h5", tmp_path / "subsets.h5", files, tmp_path / "lds.json",
+                          tmp_path / "lds.csv")
+    got = {(r["scores"], r["target"]): r for r in summary["results"]}
+    assert got[("loss", "elbo")]["best"]["mean"] == pytest.approx(1.0)
+    assert got[("loss", "elbo")]["sign"] == -1
+    if predicts != "loss":  # the ELBO file of a loss-like method is oriented the same way
+        assert got[("elbo", "elbo")]["best"]["mean"] == pytest.approx(1.0)
+
+
+def test_every_quantity_has_an_orientation():
+    from diffattr.measure import MEASUREMENTS, orientation, relative_sign
+
+    assert {orientation(m) for m in MEASUREMENTS} == {1, -1}
+    assert orientation("timestep_loss_t50") == orientation("loss") == -orientation("elbo") == -orientation("trajectory")
+    assert relative_sign("loss", "elbo") == relative_sign("square_norm", "trajectory") == -1
+    assert relative_sign("elbo", "trajectory") == relative_sign("similarity", "timestep_loss_t1") == 1
+    with pytest.raises(ValueError, match="no orientation declared for 'lossy'"):
+        orientation("lossy")

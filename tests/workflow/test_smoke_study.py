@@ -118,6 +118,28 @@ def test_lds_metrics_and_figures(smoke_study):
         assert len((smoke_study / f"figures/{name}.csv").read_text().splitlines()) > 1
 
 
+def test_substituted_pairs_are_oriented(smoke_study):
+    """Loss scores against the ELBO, and D-TRAK's square-norm scores against the ELBO, are flipped (loss ≈ -ELBO)."""
+    from diffattr.data import read_subsets
+    from diffattr.evaluate import actual_by_subset, lds
+    from diffattr.measure import read_measurements, relative_sign
+    from diffattr.scores import read_scores
+
+    summary = json.loads((smoke_study / "metrics/lds.json").read_text())
+    for r in summary["results"]:
+        assert r["sign"] == relative_sign(r["predicts"], r["target"])
+    got = {(r["method"], r["scores"], r["target"]): r for r in summary["results"]}
+    assert got[("kfac_mc_expand", "loss", "elbo")]["sign"] == -1
+    assert got[("dtrak", "elbo", "elbo")]["predicts"] == "square_norm" and got[("dtrak", "elbo", "elbo")]["sign"] == -1
+    assert got[("kfac_mc_expand", "elbo", "elbo")]["sign"] == 1
+    meas, masks = read_measurements(smoke_study / "measurements/measurements.h5"), read_subsets(smoke_study / "data/subsets.h5")["masks"]
+    actual = actual_by_subset(meas["elbo"], meas["subset"], meas["seed_index"], M)
+    for method, scored in (("kfac_mc_expand", "loss"), ("dtrak", "elbo")):
+        scores = read_scores(smoke_study / f"scores/{method}/{scored}.h5")["scores"]
+        want = [lds(-scores[d], masks, actual).mean for d in range(scores.shape[0])]
+        np.testing.assert_allclose(got[(method, scored, "elbo")]["lds_mean"], want)
+
+
 def test_report_builds(smoke_study):
     from tests.conftest import run_snakemake
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from diffattr.config import counterfactual_plan
 from diffattr.io import atomic_path, read_h5, write_h5
-from diffattr.scores import read_scores
+from diffattr.scores import read_scores, target_sign
 
 
 def top_fraction_removed(scores: np.ndarray, fraction: float) -> np.ndarray:
@@ -56,7 +56,7 @@ def select_removals(
         else:
             art = by_method[row["method"]]
             d = int(np.argmin(np.abs(np.log(art["dampings"]) - np.log(best[row["method"]]))))
-            keep = top_fraction_removed(art["scores"][d, row["sample"]], row["fraction"])
+            keep = top_fraction_removed(target_sign(art, "loss") * art["scores"][d, row["sample"]], row["fraction"])
             dampings.append(float(art["dampings"][d]))
         masks.append(keep)
     return write_h5(

@@ -18,7 +18,7 @@ from diffattr.data import read_subsets
 from diffattr.evaluate.lds import actual_by_subset, lds, oracle_lds
 from diffattr.io import Artefact, atomic_path
 from diffattr.measure import read_measurements
-from diffattr.scores import read_scores
+from diffattr.scores import read_scores, target_sign
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def compute_lds(
             if pair["scores"] != scored:
                 continue
             target = pair["target"]
-            curve = [lds(art["scores"][d], masks, actual[target]) for d in range(len(art["dampings"]))]
+            sign = target_sign(art, target)  # e.g. loss scores against the ELBO: -1 (one orientation for all)
+            curve = [lds(sign * art["scores"][d], masks, actual[target]) for d in range(len(art["dampings"]))]
             means = [c.mean for c in curve]
             best = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
             default = art.attrs["default_damping"]
@@ -81,6 +82,8 @@ def compute_lds(
                 "family": family(method),
                 "scores": scored,
                 "target": target,
+                "predicts": art.attrs["predicts"],
+                "sign": sign,
                 "dampings": [_finite(d) for d in art["dampings"]],  # NaN (CLIP: undamped) -> null
                 "lds_mean": [_finite(c.mean) for c in curve],
                 "lds_se": [_finite(c.se) for c in curve],

@@ -1,6 +1,15 @@
 """Measurement functions (differentiable) and the measurement oracles."""
 
-from diffattr.measure.functions import MEASUREMENTS, elbo, loss, timestep_loss, trajectory
+from diffattr.measure.functions import (
+    MEASUREMENTS,
+    ORIENTATION,
+    elbo,
+    loss,
+    orientation,
+    relative_sign,
+    timestep_loss,
+    trajectory,
+)
 from diffattr.measure.oracle import (
     crn_draws,
     gather_measurements,
@@ -11,13 +20,16 @@ from diffattr.measure.oracle import (
 
 __all__ = [
     "MEASUREMENTS",
+    "ORIENTATION",
     "crn_draws",
     "elbo",
     "gather_measurements",
     "loss",
     "measure_model",
     "measure_samples",
+    "orientation",
     "read_measurements",
+    "relative_sign",
     "timestep_loss",
     "trajectory",
 ]

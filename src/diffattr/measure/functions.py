@@ -34,6 +34,35 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MEASUREMENTS = ("loss", "elbo", "trajectory", "timestep_loss")
 
+#: Which way round each quantity points, the one place this is defined: +1 for "higher = worse" (a loss), -1 for
+#: "higher = more likely" (a log-probability). Loss and ELBO relate as loss ≈ -ELBO up to per-timestep weights and
+#: a constant (paper Fig. 18), so a change predicted for one is a change of the opposite sign for the other.
+#: Besides the measurements: ``square_norm`` is D-TRAK's ||ε_θ(x_t, t)||² output, used in place of the loss, and
+#: ``similarity`` is CLIP's cosine similarity, whose most similar training images are taken as proponents (removing
+#: them is taken to raise the loss), so both point like the loss.
+ORIENTATION = {"loss": 1, "timestep_loss": 1, "elbo": -1, "trajectory": -1, "square_norm": 1, "similarity": 1}
+
+
+def orientation(quantity: str) -> int:
+    """+1 if higher ``quantity`` is worse (a loss), -1 if higher is more likely; ``timestep_loss_t<k>`` included.
+
+    Raises:
+        ValueError: For a quantity without a declared orientation.
+    """
+    base = "timestep_loss" if quantity.startswith("timestep_loss_t") else quantity
+    if base not in ORIENTATION:
+        raise ValueError(f"no orientation declared for {quantity!r}; known: {sorted(ORIENTATION)}")
+    return ORIENTATION[base]
+
+
+def relative_sign(predicted: str, target: str) -> int:
+    """Factor that turns a predicted increase of ``predicted`` into a predicted increase of ``target`` (±1).
+
+    Scores made for one quantity and evaluated against another (the paper's "m. loss" substitution, D-TRAK's
+    square-norm scores, CLIP similarities) must be multiplied by this before they are compared with ``target``.
+    """
+    return orientation(predicted) * orientation(target)
+
 
 def _flat_eps(eps_model: EpsModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Evaluate ε_θ on ``x`` ``[B, n, C, H, W]`` at ``t`` ``[B, n]`` in one batch."""

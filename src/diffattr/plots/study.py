@@ -13,7 +13,7 @@ from diffattr.evaluate.study import target_values
 from diffattr.measure import read_measurements
 from diffattr.plots import figures
 from diffattr.sampling import read_samples
-from diffattr.scores import read_scores
+from diffattr.scores import read_scores, target_sign
 
 FIGURES = ("lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual")  # + timestep_matrix
 
@@ -44,7 +44,7 @@ def make_figures(
     art = read_scores(kfac_loss_scores)
     d = art.attrs["default_damping"]
     k = int(abs(art["dampings"] - d).argmin())
-    scores = art["scores"][k]
+    scores = target_sign(art, "loss") * art["scores"][k]
     figures.top_influences(
         scores, read_samples(samples_path)["images"], read_train(train_path)["images"],
         out / "top_influences.png", out / "top_influences.csv", k=config["evaluate"]["top_k_images"],

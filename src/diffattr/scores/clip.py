@@ -172,7 +172,7 @@ def compute_clip_scores(config: Mapping[str, Any], train_path: str | Path, sampl
     timings["embed_and_score"] = time.perf_counter() - t0
     for name in query_names(config["influence"]["measurements"], config["measure"]["timesteps"]):
         write_scores(Path(out_dir) / "clip" / f"{name}.h5", sim[None], [math.nan], "clip", name, None,
-                     config={"clip": dict(ccfg)},
+                     predicts="similarity", config={"clip": dict(ccfg)},
                      attrs={"backend": ccfg["backend"], "model": ccfg["model"], "weights": str(ccfg["weights"]),
                             "timings": timings})
     log.info("clip timings: %s", {k: round(v, 2) for k, v in timings.items()})

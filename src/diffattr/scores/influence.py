@@ -255,6 +255,7 @@ def compute_kfac_scores(
             method,
             name,
             icfg["default_damping"],
+            predicts=name,
             config={"influence": dict(icfg), "diffusion": dict(config["diffusion"])},
             attrs={"curvature": curvatures[method].args, "query_compression": icfg["query_compression"],
                    "gradient_mc_samples": mc, "seeds": seeds, "timings": timings, "bank_passes": len(passes)},

@@ -134,7 +134,7 @@ def compute_trak_scores(
     for name, scores in written.items():
         write_scores(
             Path(out_dir) / method / f"{name}.h5", scores, tcfg["dampings"], method, name, tcfg["default_damping"],
-            config={"trak": dict(tcfg), "influence": dict(icfg)},
+            predicts="square_norm" if output == "square_norm" else name, config={"trak": dict(tcfg), "influence": dict(icfg)},
             attrs={"projection_dim": tcfg["projection_dim"], "projector": type(projector).__name__,
                    "gradient_output": output, "gradient_mc_samples": mc, "seeds": seeds, "timings": timings},
         )
