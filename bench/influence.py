@@ -103,14 +103,14 @@ def main() -> None:
                 grad_fn(images[idx], idx)
 
         with timed("fit (K-FAC factors)"):
-            op, n_data = build_operator(wrapper, images, schedule, variant, icfg["curvature_mc_samples"], bs,
+            op, scale = build_operator(wrapper, images, schedule, variant, icfg["curvature_mc_samples"], bs,
                                         icfg["seed"], hflip, device, progress=False)
             op.compute_kronecker_factors()
         with timed("fit forward+backward alone (reference)"):
             forward_backward(wrapper, CurvatureData(images, schedule, icfg["curvature_mc_samples"], bs, icfg["seed"],
                                                     hflip, device))
         with timed("eigendecomposition"):  # factors are cached in the operator: this only decomposes them
-            curv = curvature_from_operator(op, wrapper, n_data, variant, {})
+            curv = curvature_from_operator(op, wrapper, scale, variant, {})
         with timed("query gradients + preconditioning"):
             queries = {m: measurement_gradients(wrapper, samples, m, schedule, mc, seeds["query"], batch_size=bs)
                        for m in icfg["measurements"] if m in ("loss", "elbo")}

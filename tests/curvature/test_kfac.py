@@ -148,6 +148,116 @@ def test_curvature_roundtrip(tiny_unet_setup, tmp_path):
         assert back.layers[0].QA.dtype == torch.float64
 
 
+def _reference_eq11_factors(wrapper: nn.Module, images, schedule, K: int, seed: int, approx: str) -> dict:
+    """K-FAC of eq. 11 built by hand from each layer's inputs and output gradients (not through curvlinops).
+
+    Per layer: a ``[N, K·S, d_in]`` and δ ``[N, K·S, d_out]`` (S locations sharing the weights; δ = gradient of
+    the summed loss Σ_(n,k) ρ_nk, so that of ℓ̃_n = mean_k ρ_nk is δ/K). expand: A = mean over (n, k, s) of a aᵀ,
+    G = (1/N) Σ (δ/K)(δ/K)ᵀ; reduce: A = (1/N) Σ_n ā_n ā_nᵀ (mean over k, s), G = (1/N) Σ_n ḡ_n ḡ_nᵀ with
+    ḡ_n = Σ_(k,s) δ/K.
+    """
+    from diffattr.curvature.draws import curvature_batches
+
+    N = images.shape[0]
+    (X, eps), = list(curvature_batches(images, schedule, K, N, seed, False, "cpu"))
+    acts, grads, handles = {}, {}, []
+    layers = {n: m for n, m in wrapper.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+    def pre(name, module, inputs):
+        x = inputs[0].detach()
+        if isinstance(module, nn.Conv2d):
+            x = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride).transpose(1, 2)
+        acts[name] = x.reshape(N, -1, x.shape[-1])
+
+    def post(name, module, inputs, out):
+        def keep(g):
+            g = g.detach()
+            g = g.flatten(2).transpose(1, 2) if isinstance(module, nn.Conv2d) else g
+            grads[name] = g.reshape(N, -1, g.shape[-1]) / K
+        out.register_hook(keep)
+
+    for name, m in layers.items():
+        handles += [m.register_forward_pre_hook(lambda mod, i, n=name: pre(n, mod, i)),
+                    m.register_forward_hook(lambda mod, i, o, n=name: post(n, mod, i, o))]
+    (wrapper(X) - eps).pow(2).sum().backward()
+    for h in handles:
+        h.remove()
+    out = {}
+    for name in layers:
+        a, d = acts[name], grads[name]
+        if approx == "expand":
+            A, G = torch.einsum("nsi,nsj->ij", a, a) / a.shape[0] / a.shape[1], torch.einsum("nsi,nsj->ij", d, d) / N
+        else:
+            abar, dbar = a.mean(1), d.sum(1)
+            A, G = abar.T @ abar / N, dbar.T @ dbar / N
+        out[name] = (A, G)
+    return out
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_empirical_kfac_is_kfac_of_eq11(tiny_unet_setup, approx):
+    """The empirical variant's factors equal K-FAC of eq. 11 (draws of an example share the weights), layer by layer."""
+    torch.set_default_dtype(torch.float32)
+    model, images, schedule = tiny_unet_setup
+    K = 3
+    curv = fit_curvature(model, images, schedule, Variant(Fisher.EMPIRICAL, Approx(approx)), K, 2, seed=0, progress=False)
+    ref = _reference_eq11_factors(FlatEps(model), images, schedule, K, 0, approx)
+    assert curv.args["operator_scale"] == images.shape[0] * K**2
+    # reduce: a layer feeding a GroupNorm has Σ_s δ ≈ 0 (the norm ignores shifts), so tolerances are global
+    g_tol, a_tol = (1e-10 * max(r[i].abs().max().item() for r in ref.values()) for i in (1, 0))
+    for layer in curv.layers:
+        A, G = ref[layer.module]
+        torch.testing.assert_close(layer.G, G, rtol=1e-8, atol=g_tol)
+        if layer.A is not None:
+            torch.testing.assert_close(layer.A, A, rtol=1e-8, atol=a_tol)
+
+
+def test_empirical_expand_is_per_draw_expand_over_k(tiny_unet_setup):
+    """expand: eq. 11 and per-draw data points give the same factors up to 1/K in G (so eigenvalues / K)."""
+    torch.set_default_dtype(torch.float32)
+    model, images, schedule = tiny_unet_setup
+    K = 4
+    ours = fit_curvature(model, images, schedule, Variant(Fisher.EMPIRICAL, Approx.EXPAND), K, 3, seed=2, progress=False)
+    wrapper = FlatEps(model)
+    from diffattr.curvature.draws import CurvatureData
+
+    n = images.shape[0] * K
+    per_draw = KFACLinearOperator(wrapper, nn.MSELoss(reduction="sum"), [p for _, p in kfac_parameters(wrapper)],
+                                  CurvatureData(images, schedule, K, 3, 2, False, "cpu"), check_deterministic=False,
+                                  fisher_type="empirical", num_data=n, num_per_example_loss_terms=1,
+                                  batch_size_fn=lambda X: X["x"].shape[0])
+    pd = curvature_from_operator(per_draw, wrapper, n, Variant(Fisher.EMPIRICAL, Approx.EXPAND), {})
+    torch.testing.assert_close(ours.eigenvalues(), pd.eigenvalues() / K, rtol=1e-7, atol=1e-14)
+    for a, b in zip(ours.layers, pd.layers, strict=True):
+        torch.testing.assert_close(a.G, b.G / K, rtol=1e-8, atol=1e-16)
+        if a.A is not None:
+            torch.testing.assert_close(a.A, b.A, rtol=1e-8, atol=1e-16)
+
+
+def test_empirical_reduce_is_exact_where_per_draw_reduce_is_not():
+    """One example whose layer input is the same for all K draws (only the targets ε vary): its loss gradient is
+    ḡ aᵀ, so K-FAC reduce of eq. 11 equals the dense empirical GGN ∇ℓ̃∇ℓ̃ᵀ exactly; per-draw reduce does not."""
+    from diffattr.curvature.kfac import PerExampleKFAC
+
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(3)
+    K = 5
+    model = nn.Sequential(nn.Linear(4, 3, bias=False)).double()
+    X, Y = torch.randn(1, 4).repeat(K, 1), torch.randn(K, 3)  # one example, K draws of its target
+    params = [p for _, p in kfac_parameters(model)]
+    op = PerExampleKFAC(model, nn.MSELoss(reduction="sum"), params, [(X, Y)], fisher_type="empirical",
+                        kfac_approx="reduce", check_deterministic=False, num_data=1, draws=K)
+    ours = curvature_from_operator(op, model, K**2, Variant(Fisher.EMPIRICAL, Approx.REDUCE), {})
+    loss = (model(X) - Y).pow(2).sum(1).mean()  # ℓ̃: the example's loss averaged over its draws
+    g = torch.cat([q.flatten() for q in torch.autograd.grad(loss, params)])
+    dense = lambda c: c.rotate_back(c.eigenvalues()[None] * c.rotate(torch.eye(12)))  # noqa: E731
+    torch.testing.assert_close(dense(ours), torch.outer(g, g), rtol=1e-9, atol=1e-12)
+    per_draw = KFACLinearOperator(model, nn.MSELoss(reduction="sum"), params, [(X, Y)], fisher_type="empirical",
+                                  kfac_approx="reduce", check_deterministic=False, num_data=K)
+    other = dense(curvature_from_operator(per_draw, model, K, Variant(Fisher.EMPIRICAL, Approx.REDUCE), {}))
+    assert (other - torch.outer(g, g)).norm() > 0.5 * torch.outer(g, g).norm()
+
+
 def test_variant_names():
     assert Variant.from_name("ekfac_empirical_reduce") == Variant(Fisher.EMPIRICAL, Approx.REDUCE, True)
     assert Variant.from_config({"fisher": "mc", "approx": "expand"}).name == "kfac_mc_expand"

@@ -75,9 +75,10 @@ def curvature_batches(
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """curvlinops data: ``({"x": x_t, "t": t}, ε)`` over every training example × ``mc_samples`` draws.
 
-    Each (example, draw) pair is one curvlinops data point, so the factors average over examples and draws:
-    a Monte-Carlo estimate of the GGN of the training loss averaged over the data set. ``batch_size`` counts
-    training examples (``batch_size * mc_samples`` rows per batch).
+    Rows are example-major: the ``mc_samples`` draws of one example are consecutive (``[B·K, ...]``), so the
+    operator decides whether a row (``mc``) or an example's block of rows (``empirical``, eq. 11) is a data point
+    (:func:`diffattr.curvature.kfac.build_operator`). ``batch_size`` counts training examples
+    (``batch_size * mc_samples`` rows per batch).
     """
     n = images.shape[0]
     shape = tuple(images.shape[1:])

@@ -1,9 +1,25 @@
 """K-FAC / EK-FAC of the GGN through curvlinops, its float64 eigendecomposition, and damped preconditioning.
 
 Scale: the factors approximate the GGN of the training loss ℓ = ||ε - ε_θ(x_t, t)||² (summed over pixels)
-**averaged over the data set** (and over the Monte-Carlo draws of t, ε and flips): curvlinops with
-``MSELoss(reduction="sum")`` and every (example, draw) pair counted as one data point. Damping λ is added to
-exactly this matrix, as in the paper (appendix G.4).
+**averaged over the data set** (and over the Monte-Carlo draws of t, ε and flips), from curvlinops with
+``MSELoss(reduction="sum")``. Damping λ is added to exactly this matrix, as in the paper (appendix G.4).
+
+The two GGNs differ in what a data point is (paper appendix G.2, G.8):
+
+- ``mc`` (GGN_model, eq. 10): an expectation over examples *and* draws of per-draw terms, so every
+  (example, draw) pair is one curvlinops data point.
+- ``empirical`` (GGN_loss, eq. 11): outer products of the gradient of each example's loss ℓ̃_n, the loss
+  *averaged over its K draws*, g_n = (1/K) Σ_k ∇ρ_nk. For a Linear/Conv2d layer ∇ρ_nk = Σ_s δ_nks a_nksᵀ over the
+  locations s that share the weights, so g_n = (1/K) Σ_(k,s) δ_nks a_nksᵀ: the draws of one example share the
+  weights exactly as the locations do. K-FAC of eq. 11 therefore treats (draw, location) as one weight-sharing
+  dimension (:class:`_DrawsShareWeights`):
+
+  - ``expand``: A = E[a aᵀ] over all (n, k, s); G = (1/N) Σ_(n,k,s) (δ_nks/K)(δ_nks/K)ᵀ. Cross terms between
+    locations are dropped either way, so this is the per-draw construction (each (example, draw) a data point,
+    G = (1/NK) Σ δδᵀ) **times 1/K**: the same eigenvectors, eigenvalues scaled by 1/K (tested).
+  - ``reduce``: ā_n = mean over (k, s) of a_nks, ḡ_n = (1/K) Σ_(k,s) δ_nks; A = (1/N) Σ ā_n ā_nᵀ,
+    G = (1/N) Σ ḡ_n ḡ_nᵀ. Not a rescaled per-draw reduce (that averages within each draw only); it is exact
+    where the per-draw one is not, e.g. for one example whose layer input does not change across draws (tested).
 
 Vectors are flattened over the K-FAC parameters (:func:`~diffattr.curvature.draws.kfac_parameters` order), each
 parameter row-major (a conv weight ``[out, in, kh, kw]`` as ``[out, in·kh·kw]``), ``[n, P]``.
@@ -21,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 from curvlinops import EKFACLinearOperator, KFACLinearOperator
+from curvlinops.kfac_utils import extract_averaged_patches, extract_patches
+from einops import rearrange
 from torch import nn
 
 from diffattr.config import variant_name
@@ -179,24 +197,78 @@ class Curvature:
         return torch.stack([self.rotate_back((coords / (lam + d)).to(vecs.dtype)) for d in dampings])
 
 
+class _DrawsShareWeights:
+    """curvlinops (E)K-FAC in which every ``draws`` consecutive batch rows are one data point (paper eq. 11).
+
+    curvlinops takes the leading dimension of each layer's input and output gradient as the data points and the
+    remaining (spatial, token) dimensions as weight sharing; it has no option for a weight-sharing dimension that
+    lives in the batch, which is where the (t, ε, flip) draws of one example sit (``[B·K, ...]``, example-major).
+    These overrides only regroup the tensors to ``[B, K, ..., d]`` (patches extracted first, channels last) and hand
+    them to curvlinops' own factor and eigenvalue-correction code, which then sums (reduce) or flattens (expand)
+    draws and locations together. ``module=None`` tells curvlinops the tensor is already in that layout.
+    """
+
+    def __init__(self, *args: Any, draws: int, **kwargs: Any):
+        self.draws = draws
+        super().__init__(*args, **kwargs)
+
+    def _group(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B·K, ...]`` -> ``[B, K, ...]``."""
+        return x.reshape(x.shape[0] // self.draws, self.draws, *x.shape[1:])
+
+    def _layer_inputs(self, module: nn.Module, x: torch.Tensor, averaged: bool) -> torch.Tensor:
+        if isinstance(module, nn.Conv2d):
+            extract = extract_averaged_patches if averaged else extract_patches
+            x = extract(x, module.kernel_size, module.stride, module.padding, module.dilation, module.groups)
+        return self._group(x)
+
+    def _output_grads(self, module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+        if isinstance(module, nn.Conv2d):
+            g = rearrange(g, "batch c o1 o2 -> batch o1 o2 c")
+        return self._group(g)
+
+    def _hook_accumulate_input_covariance(self, module: nn.Module, inputs: tuple[torch.Tensor], module_name: str):
+        x = self._layer_inputs(module, inputs[0].data.detach(), averaged=self._kfac_approx == Approx.REDUCE)
+        super()._hook_accumulate_input_covariance(None, (x,), module_name)
+
+    def _accumulate_gradient_covariance(self, grad_output: torch.Tensor, module: nn.Module, module_name: str):
+        super()._accumulate_gradient_covariance(self._output_grads(module, grad_output.detach()), None, module_name)
+
+    def _hook_cache_inputs(self, module: nn.Module, inputs: tuple[torch.Tensor], module_name: str):  # EK-FAC
+        self._cached_activations[module_name] = self._layer_inputs(module, inputs[0].data.detach(), averaged=False)
+
+    def _accumulate_corrected_eigenvalues(self, grad_output: torch.Tensor, module: nn.Module, module_name: str):
+        super()._accumulate_corrected_eigenvalues(self._output_grads(module, grad_output.detach()), None, module_name)
+
+
+class PerExampleKFAC(_DrawsShareWeights, KFACLinearOperator):
+    """K-FAC of the empirical GGN of eq. 11: one data point per training example, its draws shared."""
+
+
+class PerExampleEKFAC(_DrawsShareWeights, EKFACLinearOperator):
+    """EK-FAC of the empirical GGN of eq. 11 (eigenvalues corrected with per-example gradients of ℓ̃_n)."""
+
+
 def _named_factors(state: Mapping[str, Any], key: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.get(key, {}).items()}
 
 
 def curvature_from_operator(
-    op: KFACLinearOperator, wrapper: nn.Module, n_data: int, variant: Variant, args: Mapping[str, Any]
+    op: KFACLinearOperator, wrapper: nn.Module, scale: float, variant: Variant, args: Mapping[str, Any]
 ) -> Curvature:
     """Compute an operator's factors once and turn them into a :class:`Curvature` of the data-set **mean**.
 
     curvlinops with ``MSELoss(reduction="sum")`` approximates the GGN of the summed loss; the gradient factors
-    (and EK-FAC eigenvalues) are divided by the number of data points so that the result approximates the GGN
-    of the loss averaged over the data, the matrix the damping refers to.
+    (and EK-FAC eigenvalues) are divided by ``scale`` so that the result approximates the GGN of the loss
+    averaged over the data, the matrix the damping refers to.
 
     Args:
         op: An (E)KFAC operator over ``kfac_parameters(wrapper)``; its factors are computed here unless they
             already are.
         wrapper: The model the operator was built on.
-        n_data: Number of data points the operator sums over (its ``num_data``).
+        scale: The operator is ``scale`` times the GGN of the mean loss: its number of data points, times K²
+            for the per-example operators of eq. 11 (their summed loss counts each example's K draws in full,
+            where ℓ̃_n averages them).
         variant: Its description (names the result).
         args: Arguments to store with it.
     """
@@ -207,7 +279,7 @@ def curvature_from_operator(
         op.compute_kronecker_factors()
         state = op.state_dict()
     A_all, G_all = _named_factors(state, "input_covariances"), _named_factors(state, "gradient_covariances")
-    G_all = {k: v / n_data for k, v in G_all.items()}
+    G_all = {k: v / scale for k, v in G_all.items()}
     mapping = op.compute_parameter_mapping(params, wrapper)
     eigencorrection = isinstance(op, EKFACLinearOperator)
     if eigencorrection:
@@ -226,13 +298,13 @@ def curvature_from_operator(
             QG = QG_all[module].double()
             LA = torch.einsum("ji,jk,ki->i", QA, A.double(), QA) if QA is not None else None
             LG = torch.einsum("ji,jk,ki->i", QG, G.double(), QG)
-            corr = {int(i): v.detach().double() / n_data for i, v in corrected[module].items()}
+            corr = {int(i): v.detach().double() / scale for i, v in corrected[module].items()}
         else:
             LA, QA = torch.linalg.eigh(A.double()) if A is not None else (None, None)
             LG, QG = torch.linalg.eigh(G.double())
             corr = {}
         layers.append(Layer(module, dict(pos), A, G, QA, LA, QG, LG, corr))
-    full_args = {**dict(args), "variant": variant.name, "n_data_points": int(n_data)}
+    full_args = {**dict(args), "variant": variant.name, "operator_scale": float(scale)}
     return Curvature(variant, layers, [nm for nm, _ in named], [tuple(p.shape) for p in params], full_args)
 
 
@@ -247,15 +319,25 @@ def build_operator(
     hflip: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> tuple[KFACLinearOperator, int]:
-    """The curvlinops (E)KFAC operator over every training example × ``mc_samples`` draws, and its data-point count.
+) -> tuple[KFACLinearOperator, float]:
+    """The curvlinops (E)KFAC operator over every training example × ``mc_samples`` draws, and its scale.
 
-    Factors are not computed yet (see :func:`curvature_from_operator`).
+    ``mc``: every (example, draw) pair is a data point. ``empirical``: every example is one, its draws a
+    weight-sharing dimension (eq. 11; see the module docstring). Factors are not computed yet (see
+    :func:`curvature_from_operator`, which takes the returned scale).
     """
     params = [p for _, p in kfac_parameters(wrapper)]
-    n_data = images.shape[0] * mc_samples
+    n = images.shape[0]
     data = CurvatureData(images, schedule, mc_samples, batch_size, seed, hflip, device)
-    cls = EKFACLinearOperator if variant.eigencorrection else KFACLinearOperator
+    if variant.fisher == Fisher.EMPIRICAL:
+        cls = PerExampleEKFAC if variant.eigencorrection else PerExampleKFAC
+        extra: dict[str, Any] = {"draws": mc_samples}
+        n_data, scale = n, n * mc_samples**2
+    else:
+        cls = EKFACLinearOperator if variant.eigencorrection else KFACLinearOperator
+        extra = {}
+        n_data = scale = n * mc_samples
+    rows_per_point = n * mc_samples // n_data
     op = cls(
         wrapper,
         nn.MSELoss(reduction="sum"),
@@ -265,14 +347,15 @@ def build_operator(
         check_deterministic=False,  # factors are computed once (the check would compute them twice)
         seed=seed,
         fisher_type=variant.fisher.value,
-        mc_samples=1,  # one sampled target per (example, draw) pair; the draws are the data points
+        mc_samples=1,  # one sampled target per (example, draw) pair
         kfac_approx=variant.approx.value,
         num_per_example_loss_terms=1,
         separate_weight_and_bias=True,
         num_data=n_data,
-        batch_size_fn=lambda X: X["x"].shape[0],
+        batch_size_fn=lambda X: X["x"].shape[0] // rows_per_point,
+        **extra,
     )
-    return op, n_data
+    return op, scale
 
 
 def fit_curvature(
@@ -302,7 +385,7 @@ def fit_curvature(
         progress: Progress bars.
     """
     wrapper = FlatEps(model.to(device).eval())
-    op, n_data = build_operator(wrapper, images, schedule, variant, mc_samples, batch_size, seed, hflip, device, progress)
+    op, scale = build_operator(wrapper, images, schedule, variant, mc_samples, batch_size, seed, hflip, device, progress)
     args = {
         "fisher": variant.fisher.value,
         "approx": variant.approx.value,
@@ -314,7 +397,7 @@ def fit_curvature(
         "n_train": images.shape[0],
         "loss": "sum over pixels of (eps - eps_theta)^2; factors approximate the GGN of its data-set mean",
     }
-    return curvature_from_operator(op, wrapper, n_data, variant, args)
+    return curvature_from_operator(op, wrapper, scale, variant, args)
 
 
 def save_curvature(curv: Curvature, path: str | Path, config: Mapping[str, Any] | None = None) -> Path:
