@@ -32,8 +32,9 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert not rules["compute_lds"]["gpu"] and rules["compute_clip_scores"]["gpu"]
     # training: full and 32 counterfactual runs at 32k steps, 500 subset runs at 16k, 0.1 s per tf32 step
     assert rules["train_model"]["gpu_hours"] == pytest.approx((33 * 32000 + 500 * 16000) * 0.1 / 3600)
-    # measurement per model: 200 samples x (5000 loss/elbo + 5000 timestep draws + 1000 trajectory steps) forwards
-    assert rules["measure_model"]["gpu_hours"] == pytest.approx(533 * 200 * 11000 * 1e-4 / 3600)
+    # measurement per model: 200 samples x (5000 loss/elbo + 7 timesteps x 1000 draws + 1000 trajectory steps)
+    assert rules["measure_model"]["gpu_hours"] == pytest.approx(533 * 200 * (5000 + 7000 + 1000) * 1e-4 / 3600)
+    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(533 * 200 * 7000 * 1e-4 / 3600)
     assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
     # K-FAC scores: the int8 bank (4 variants x 10 dampings x 2 measurements x 200 samples of P bytes) is 612 GB,
     # so 64 GB of bank memory means 10 passes over the training set (5000 examples x 250 draws each)
@@ -43,6 +44,7 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert rules["compute_kfac_scores"]["gpu_hours"] == pytest.approx((10 * 5000 * 250 + 2 * 200 * 250) * 2e-3 / 3600)
     table = format_estimate(est)
     assert "train_model" in table and "reference: test" in table and "makes 10 passes" in table
+    assert "7 timesteps x 1000 draws each" in table
 
 
 def test_kfac_bank_fits_in_one_pass_with_enough_memory():

@@ -82,6 +82,15 @@ def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") ->
     return jobs
 
 
+def timestep_oracle_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
+    """GPU seconds of one model's timestep-loss oracles: samples × timesteps × ``measure.timestep_mc_samples``."""
+    mcfg = cfg["measure"]
+    if "timestep_loss" not in mcfg["measurements"]:
+        return 0.0
+    draws = mcfg["timestep_mc_samples"] or mcfg["mc_samples"]
+    return cfg["sample"]["n_samples"] * len(mcfg["timesteps"]) * draws * ref["forward_s_per_image"]
+
+
 def job_seconds(
     rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any], ref: Mapping[str, Any], bank_passes: int = 1
 ) -> float | None:
@@ -104,9 +113,8 @@ def job_seconds(
         return S * T * fwd
     if rule == "measure_model":
         names = set(mcfg["measurements"])
-        per_sample = (mcfg["mc_samples"] * (bool(names & {"loss", "elbo"}) + ("timestep_loss" in names))
-                      + T * ("trajectory" in names))
-        return S * per_sample * fwd
+        per_sample = mcfg["mc_samples"] * bool(names & {"loss", "elbo"}) + T * ("trajectory" in names)
+        return S * per_sample * fwd + timestep_oracle_seconds(cfg, ref)
     if rule == "fit_curvature":
         name = wildcards["curvature"]
         approx = "expand" if name.endswith("expand") else "reduce"
@@ -142,9 +150,12 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
         raise ValueError(f"{configfile}: the training-set size depends on the data (set data.per_class and data.classes)")
     bank_bytes, passes = kfac_bank(cfg, kfac_parameter_count(cfg["model"]["preset"]))
     rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "gpu": False, "max_job_hours": 0.0})
+    timestep_hours = 0.0
     for rule, wildcards in dry_run_jobs(configfile, snakefile):
         if rule == "all":
             continue
+        if rule == "measure_model":
+            timestep_hours += timestep_oracle_seconds(cfg, ref) / 3600
         s = job_seconds(rule, wildcards, cfg, ref, passes)
         rows[rule]["jobs"] += 1
         if s is not None:
@@ -157,6 +168,10 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
             rows[rule]["runtime_key"] = f"resources.{key}"
     return {"experiment": cfg["experiment"], "n_train": n_train(cfg), "reference": ref, "rules": dict(rows),
             "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values()),
+            "timestep_oracles": {"gpu_hours": timestep_hours, "draws_per_timestep":
+                                 cfg["measure"]["timestep_mc_samples"] or cfg["measure"]["mc_samples"],
+                                 "timesteps": len(cfg["measure"]["timesteps"])
+                                 if "timestep_loss" in cfg["measure"]["measurements"] else 0},
             "kfac_bank": {"gigabytes": bank_bytes / 1e9, "passes": passes,
                           "bank_memory_mb": cfg["influence"]["bank_memory_mb"]}}
 
@@ -176,6 +191,11 @@ def format_estimate(est: Mapping[str, Any]) -> str:
         if r["gpu"] and r["max_job_hours"] > r["runtime_limit_hours"]:
             lines.append(f"warning: a {rule} job is estimated at {r['max_job_hours']:.1f} h, over its requested "
                          f"{r['runtime_key']} of {r['runtime_limit_hours']:.1f} h")
+    ts = est["timestep_oracles"]
+    if ts["timesteps"]:
+        lines.append(f"note: measure_model includes {ts['gpu_hours']:.1f} GPU-h of timestep-loss oracles "
+                     f"({ts['timesteps']} timesteps x {ts['draws_per_timestep']} draws each, "
+                     "measure.timestep_mc_samples)")
     bank = est["kfac_bank"]
     if bank["passes"] > 1:
         lines.append(f"note: the K-FAC query bank needs {bank['gigabytes']:.0f} GB, more than influence.bank_memory_mb "

@@ -163,3 +163,39 @@ def test_measure_samples_shapes_and_finiteness():
         np.testing.assert_allclose(out[k], again[k], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="1..20"):
         measure_samples(model, s, x0, {**cfg, "timesteps": [21]}, traj, progress=False)
+
+
+def test_timestep_losses_have_their_own_draws_and_crn_is_an_option():
+    """Each timestep loss averages measure.timestep_mc_samples draws of its own stream; with common random numbers
+    off, every model id gets independent draws (identical models then differ by estimator noise only)."""
+    from diffattr.diffusion.ddpm import eps_fn
+    from diffattr.measure.oracle import model_key, timestep_draws
+    from diffattr.models import build_unet
+
+    T = 20
+    s = Schedule.linear(T)
+    model = build_unet("unet_tiny").eval()
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    cfg = {"measurements": ["loss", "timestep_loss"], "mc_samples": 6, "timestep_mc_samples": 9,
+           "timesteps": [1, 10], "batch_size": 4, "seed": 3}
+    out = measure_samples(model, s, x0, cfg, progress=False)
+    with torch.no_grad():
+        eps = timestep_draws(3, 1, 9, (1, 8, 8))[None]
+        want = F.timestep_loss(eps_fn(model), s, x0[1:2], [10], eps)[0, 0]
+    np.testing.assert_allclose(out["timestep_loss"][1, 1], want.mean().item(), rtol=1e-5)
+    np.testing.assert_allclose(out["timestep_loss_se"][1, 1], (want.std() / 3).item(), rtol=1e-4)
+
+    a = measure_samples(model, s, x0, {**cfg, "common_random_numbers": False}, progress=False, model_id="subset0_seed0")
+    a2 = measure_samples(model, s, x0, {**cfg, "common_random_numbers": False}, progress=False, model_id="subset0_seed0")
+    b = measure_samples(model, s, x0, {**cfg, "common_random_numbers": False}, progress=False, model_id="subset0_seed1")
+    crn_b = measure_samples(model, s, x0, cfg, progress=False, model_id="subset0_seed1")
+    for name in ("loss", "timestep_loss"):
+        np.testing.assert_array_equal(a[name], a2[name])  # still deterministic per model
+        assert not np.allclose(a[name], b[name])  # independent draws: the same model measures differently
+        np.testing.assert_array_equal(crn_b[name], out[name])  # common random numbers: the model id plays no part
+    with torch.no_grad():
+        t, e = crn_draws(3, 0, 6, (1, 8, 8), T, model_key("subset0_seed1"))
+        want = F.loss(eps_fn(model), s, x0[:1], t[None], e[None])[0]
+    np.testing.assert_allclose(b["loss"][0], want.mean().item(), rtol=1e-5)
+    with pytest.raises(ValueError, match="common_random_numbers: false needs the model id"):
+        measure_samples(model, s, x0, {**cfg, "common_random_numbers": False}, progress=False)

@@ -1,15 +1,22 @@
 """Measurement oracles: every measurement of every generated sample under one model (stage ``measure_model``),
 and all models gathered into one file (stage ``gather_measurements``).
 
-Common random numbers: the Monte-Carlo draws (t, ε) of sample ``i`` come from a generator seeded with
-``(measure.seed, i)`` only, so every model is evaluated on identical draws and differences between retrained
-models are not drowned in estimator noise.
+Common random numbers (``measure.common_random_numbers``, on by default): the Monte-Carlo draws (t, ε) of sample
+``i`` come from a generator seeded with ``(measure.seed, i)`` only, so every model is evaluated on identical draws
+and differences between retrained models are not drowned in estimator noise. Off, the seed also takes the model
+id, so each model gets independent draws (each oracle is then an unbiased estimate on its own, and the LDS of
+every method, the exact-retraining oracle included, falls as the estimator noise enters the actual changes).
+
+Draw counts: ``measure.mc_samples`` (t, ε) draws for the loss and the ELBO (one forward pass serves both), and
+``measure.timestep_mc_samples`` ε draws for *each* timestep loss (5000 of each in the paper, appendix G.5), from
+their own stream and shared across the timesteps.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,18 +35,44 @@ from diffattr.sampling import read_samples
 log = logging.getLogger(__name__)
 
 
-def crn_generator(seed: int, index: int) -> torch.Generator:
-    """CPU generator for draw set ``index`` (a sample, or a training example) under base ``seed``."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+#: Independent streams of draws for one (seed, index): the (t, ε) draws of losses, ELBOs and gradients, and the
+#: ε draws of the fixed-timestep losses.
+MAIN_STREAM, TIMESTEP_STREAM = 0, 1
+
+
+def crn_generator(seed: int, index: int, stream: int = MAIN_STREAM, model_key: int | None = None) -> torch.Generator:
+    """CPU generator for draw set ``index`` (a sample, or a training example) under base ``seed``.
+
+    Args:
+        seed: Base seed (a config value).
+        index: Sample or training-example index.
+        stream: Which independent stream (:data:`MAIN_STREAM`, :data:`TIMESTEP_STREAM`).
+        model_key: None for common random numbers across models; a model's key (:func:`model_key`) for draws of
+            its own.
+    """
+    entropy = [seed, index] if model_key is None else [seed, index, model_key]
+    state = np.random.SeedSequence(entropy, spawn_key=(stream,) if stream else ()).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def crn_draws(seed: int, index: int, n: int, shape: Sequence[int], num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def model_key(model_id: str) -> int:
+    """A stable integer per model id (seeds its own draws when common random numbers are off)."""
+    return zlib.crc32(model_id.encode())
+
+
+def crn_draws(
+    seed: int, index: int, n: int, shape: Sequence[int], num_timesteps: int, model: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The (t, ε) draws of one sample: ``t`` ``[n]`` uniform on 0..T-1 and ``eps`` ``[n, *shape]``."""
-    g = crn_generator(seed, index)
+    g = crn_generator(seed, index, MAIN_STREAM, model)
     t = torch.randint(num_timesteps, (n,), generator=g)
     eps = torch.randn((n, *shape), generator=g)
     return t, eps
+
+
+def timestep_draws(seed: int, index: int, n: int, shape: Sequence[int], model: int | None = None) -> torch.Tensor:
+    """The ε draws ``[n, *shape]`` of one sample's fixed-timestep losses (shared by all its timesteps)."""
+    return torch.randn((n, *shape), generator=crn_generator(seed, index, TIMESTEP_STREAM, model))
 
 
 def _mean_se(terms: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +91,24 @@ def measure_samples(
     trajectories: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    model_id: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Compute the configured measurements for samples ``[S, C, H, W]`` under one model (inference mode).
+
+    ``model_id`` seeds the model's own draws when ``measure.common_random_numbers`` is off (required then).
 
     Returns:
         ``{name: [S]}`` (``timestep_loss``: ``[S, n_steps]``) and ``{name}_se`` Monte-Carlo standard errors.
     """
     names = measure_cfg["measurements"]
     n, bs, seed = measure_cfg["mc_samples"], measure_cfg["batch_size"], measure_cfg["seed"]
+    n_step_draws = measure_cfg.get("timestep_mc_samples") or n
+    if measure_cfg.get("common_random_numbers", True):
+        key = None
+    elif model_id is None:
+        raise ValueError("measure.common_random_numbers: false needs the model id to seed each model's own draws")
+    else:
+        key = model_key(model_id)
     steps = list(measure_cfg["timesteps"])
     T = schedule.num_timesteps
     if any(not 1 <= s <= T for s in steps):
@@ -76,11 +119,10 @@ def measure_samples(
     eps_model = eps_fn(model)
     S, shape = samples.shape[0], tuple(samples.shape[1:])
     out: dict[str, list] = {}
-    n_step_draws = max(1, n // max(1, len(steps)))
     with torch.inference_mode():
         for i in tqdm(range(S), desc="measure", disable=not progress, mininterval=2):
             x0 = samples[i : i + 1].to(device)
-            t_all, eps_all = crn_draws(seed, i, n, shape, T)
+            t_all, eps_all = crn_draws(seed, i, n, shape, T, key)
             if "loss" in names or "elbo" in names:
                 lt, et = [], []
                 for c in range(0, n, bs):
@@ -94,7 +136,7 @@ def measure_samples(
                     if name in names:
                         out.setdefault(name, []).append(_mean_se(torch.cat(terms, 1)[0]))
             if "timestep_loss" in names:
-                eps = eps_all[:n_step_draws]
+                eps = timestep_draws(seed, i, n_step_draws, shape, key)
                 per_step = []
                 for s in steps:
                     terms = [
@@ -133,7 +175,7 @@ def measure_model(
     traj = torch.from_numpy(art["trajectories"]) if "trajectories" in art.data else None
     model = load_model(model_dir, device)
     schedule = Schedule.from_config(config["diffusion"])
-    values = measure_samples(model, schedule, samples, config["measure"], traj, device)
+    values = measure_samples(model, schedule, samples, config["measure"], traj, device, model_id=model_dir.name)
     info = json.loads((model_dir / "train_info.json").read_text())
     subset = -1 if info["subset"] is None else int(info["subset"])  # -1: full data or a counterfactual run
     seed_index = -1 if info["seed_index"] is None else int(info["seed_index"])
@@ -145,7 +187,8 @@ def measure_model(
         values,
         config={"measure": dict(config["measure"]), "diffusion": dict(config["diffusion"])},
         attrs={"model_id": model_dir.name, "subset": subset, "seed_index": seed_index, "seed": int(info["seed"]),
-               "timesteps": list(config["measure"]["timesteps"])},
+               "timesteps": list(config["measure"]["timesteps"]),
+               "common_random_numbers": bool(config["measure"]["common_random_numbers"])},
     )
 
 

@@ -17,7 +17,8 @@ orientations declared in :data:`diffattr.measure.functions.ORIENTATION` (e.g. lo
 TRAK / D-TRAK damping: traker's projectors return Pᵀg without the 1/√k factor, and TRAK's own code adds λ·I to the
 unnormalised sum Σ_j φ_j φ_jᵀ of those features. Ours divides the features by √k (inner products preserved in
 expectation) and adds λ to the *mean* Φᵀ Φ / N, the scale of K-FAC's damping. A damping λ_trak of TRAK's code
-therefore corresponds to λ = λ_trak / (k · N) here (k = ``trak.projection_dim``, N = training-set size).
+therefore corresponds to λ = λ_trak / (k · N) here (k = ``trak.projection_dim``, N = training-set size). The
+paper's TRAK damping figures (Figs. 8, 10) report λ_trak / N (appendix D), so their values map to λ_paper / k.
 """
 
 from __future__ import annotations

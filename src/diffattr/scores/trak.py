@@ -5,8 +5,9 @@ package's Johnson–Lindenstrauss projectors and scaled by 1/√k, so that inner
 expectation: φ = Pᵀ∇/√k, ``Φ`` ``[N, k]``.
 
 Scores: τ_j = φ(x)ᵀ (ΦᵀΦ/N + λI)⁻¹ φ(x_j). ΦᵀΦ/N is the projected empirical Fisher of the **data-set mean**
-loss (paper eq. 11), so λ is on the same scale as K-FAC's damping (TRAK's own code adds λ·N to ΦᵀΦ;
-appendix G.4). One float64 eigendecomposition of ΦᵀΦ/N serves every λ.
+loss (paper eq. 11), so λ is on the same scale as K-FAC's damping; :mod:`diffattr.scores.io` says how it maps
+onto the dampings of TRAK's own code and of the paper's figures. One float64 eigendecomposition of ΦᵀΦ/N serves
+every λ.
 
 D-TRAK: the same with the square-norm output ||ε_θ(x_t, t)||² in place of the loss, for the training and the
 query gradients.
