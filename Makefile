@@ -10,7 +10,7 @@ CORES       ?= all
 EXP         ?= quickstart
 EXP_CONFIG  := $(if $(filter quickstart,$(EXP)),config.yaml,experiments/$(EXP).yaml)
 
-.PHONY: install run test test-all lint bench lock clean restore estimate
+.PHONY: install run resume test test-all lint bench lock clean restore estimate
 
 $(STAMP): pyproject.toml requirements/base.txt requirements/nodeps.txt $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ install: $(STAMP)
 ## The default study (config.yaml) end to end.
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
+
+## After a run was killed: release Snakemake's stale lock (only when no Snakemake of this directory is alive) and
+## finish the study; jobs cut off mid-way are redone (--rerun-incomplete), training resumes from its checkpoints.
+resume: $(STAMP)
+	@for p in $$(pgrep -f snakemake || true); do \
+	  if [ "$$p" != "$$$$" ] && [ "$$(readlink /proc/$$p/cwd 2>/dev/null)" = "$(CURDIR)" ]; then \
+	    echo "make resume: Snakemake (pid $$p) is still running in $(CURDIR); let it finish or stop it first" >&2; exit 1; \
+	  fi; done
+	$(VENV)/bin/snakemake --unlock --configfile $(EXP_CONFIG)
+	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete --configfile $(EXP_CONFIG)
 
 ## The test suite without GPU and slow tests (what CI runs).
 test: $(STAMP)

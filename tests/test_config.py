@@ -87,3 +87,10 @@ def test_cross_key_consistency_errors_name_the_key():
     from diffattr.config import evaluation_pairs
 
     assert {"scores": "timestep_loss_t5", "target": "timestep_loss_t1"} in evaluation_pairs(cfg)
+
+
+@pytest.mark.parametrize("section", ["influence", "trak"])
+def test_default_damping_off_the_grid_is_rejected_at_parse_time(section):
+    with pytest.raises(ConfigError, match=rf"'{section}.default_damping': 0.003 is not one of {section}.dampings"):
+        validate_config({"experiment": "x", section: {"dampings": [1e-8, 1e-2], "default_damping": 3e-3}})
+    validate_config({"experiment": "x", section: {"dampings": [1e-8, 3e-3], "default_damping": 3e-3}})

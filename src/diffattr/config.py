@@ -145,6 +145,11 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if pair["scores"] not in queried:
             problems.append(f"config key 'evaluate.pairs[{i}].scores': {pair['scores']!r} has no scores "
                             f"(influence.measurements gives {sorted(queried)})")
+    for section in ("influence", "trak"):
+        grid, default = cfg[section]["dampings"], cfg[section]["default_damping"]
+        if not any(abs(d - default) <= 1e-9 * abs(default) for d in grid):
+            problems.append(f"config key '{section}.default_damping': {default:g} is not one of {section}.dampings "
+                            f"{[float(d) for d in grid]} (the default must be on the sweep's grid)")
     if problems:
         raise ConfigError(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
 

@@ -33,3 +33,17 @@ def test_unknown_preset_and_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         load_model(tmp_path)
     assert set(PRESETS) == {"ddpm_cifar", "unet_small", "unet_tiny"}
+
+
+def test_weights_get_the_mode_of_every_other_artefact(tmp_path):
+    """safetensors writes 0600; the weights take config.json's (umask) mode so a shared results folder is readable."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_model(build_unet("unet_tiny"), tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes["diffusion_pytorch_model.safetensors"] == modes["config.json"] == 0o644, modes

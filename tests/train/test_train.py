@@ -41,7 +41,7 @@ def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(Killed):
         train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=10, checkpoint=ckpt, on_step=kill_at_7, progress=False)
-    assert torch.load(ckpt, weights_only=False)["step"] == 4
+    assert torch.load(ckpt, weights_only=True)["step"] == 4  # plain tensors and values: no code runs on load
     steps_run = []
     resumed, hist = train(
         build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=10, checkpoint=ckpt,
@@ -54,6 +54,84 @@ def test_kill_and_resume_equals_uninterrupted(digits, tmp_path):
     # a checkpoint made with other arguments is ignored (restart, not a wrong resume)
     _, other = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=6, steps=10, checkpoint=ckpt, progress=False)
     assert other[0][0] == 1
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(n):
+    def on_step(step, loss):
+        if step == n:
+            raise _Killed
+    return on_step
+
+
+def test_stale_checkpoint_after_the_data_changed_is_discarded(digits, tmp_path, caplog):
+    """Regression: killed at step 4 of 10 on digits 1/7; the config switches to two other classes (same count);
+    the rerun must start from step 1 (old weights not resumed) and equal an uninterrupted run on the new data."""
+    c = cfg(checkpoint_every=2)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(_Killed):
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=10, checkpoint=ckpt,
+              on_step=_kill_at(5), progress=False)
+    assert ckpt.is_file()
+    other = to_model_space(load_digits(["2", "3"]).images[:64])
+    assert other.shape == digits.shape
+    steps_run = []
+    got, hist = train(build_unet("unet_tiny"), other, Schedule.linear(), c, seed=5, steps=10, checkpoint=ckpt,
+                      on_step=lambda s, _: steps_run.append(s), progress=False)
+    assert steps_run[0] == 1 and "discarded checkpoint" in caplog.text
+    ref, ref_hist = train(build_unet("unet_tiny"), other, Schedule.linear(), c, seed=5, steps=10, progress=False)
+    assert hist == ref_hist
+    for p, q in zip(ref.parameters(), got.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("change", ["schedule", "model"])
+def test_checkpoint_for_another_schedule_or_model_is_discarded(digits, tmp_path, change):
+    c = cfg(checkpoint_every=2)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(_Killed):
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=1, steps=6, checkpoint=ckpt,
+              on_step=_kill_at(3), progress=False)
+    schedule = Schedule.linear(500) if change == "schedule" else Schedule.linear()
+    model = build_unet("unet_tiny", dropout=0.0) if change == "model" else build_unet("unet_tiny")
+    steps_run = []
+    train(model, digits, schedule, c, seed=1, steps=6, checkpoint=ckpt, on_step=lambda s, _: steps_run.append(s),
+          progress=False)
+    assert steps_run == [1, 2, 3, 4, 5, 6]
+
+
+class _Payload:
+    """Unpickling this would run code (touch a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["pickled_object", "truncated"])
+def test_unreadable_checkpoint_is_moved_aside_and_runs_no_code(digits, tmp_path, caplog, kind):
+    c = cfg(checkpoint_every=2)
+    ckpt, marker = tmp_path / "ckpt.pt", tmp_path / "code_ran"
+    with pytest.raises(_Killed):
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=2, steps=6, checkpoint=ckpt,
+              on_step=_kill_at(3), progress=False)
+    if kind == "pickled_object":
+        state = torch.load(ckpt, weights_only=True)
+        torch.save({**state, "extra": _Payload(marker)}, ckpt)
+    else:
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    steps_run = []
+    train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=2, steps=6, checkpoint=ckpt,
+          on_step=lambda s, _: steps_run.append(s), progress=False)
+    assert steps_run[0] == 1 and not marker.exists()
+    assert (tmp_path / "ckpt.pt.unreadable").is_file() and "is unreadable" in caplog.text
 
 
 def test_same_seed_same_model_other_seed_differs(digits):

@@ -31,6 +31,22 @@ STUBS = {
 }
 
 
+ALWAYS_SUBMITTED = {"train_model", "sample_images", "fit_curvature", "prepare_dataset", "make_subsets"}
+
+
+def _submissions(log: Path) -> dict[str, list[str]]:
+    """sbatch options recorded by the stub so far, by rule (a line still being written is skipped)."""
+    calls = defaultdict(list)
+    text = log.read_text() if log.exists() else ""
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue
+        options = line.split(" --wrap=")[0]
+        if m := re.search(r"--comment rule_([a-z_]+?)(?:_wildcards_\S+)?(?:\s|$)", options):
+            calls[m.group(1)].append(options)
+    return calls
+
+
 def _stub_path(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "stub-bin"
     bin_dir.mkdir()
@@ -66,26 +82,23 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
     assert all(len(v) == 1 for v in gpu_by_rule.values())
 
     # The first status check is put off for an hour so that no job is seen to "finish" without its outputs (which
-    # would stop further submissions); Snakemake is stopped once the submissions stop coming.
+    # would stop further submissions). Snakemake is stopped once the submissions this test checks have all arrived
+    # (event-driven: a slow or busy machine only takes longer, it cannot stop the wait early).
     exe = Path(sys.executable).with_name("snakemake")
     proc = subprocess.Popen([str(exe), *args, "--immediate-submit", "--notemp", "--jobs", "5000",
                              "--slurm-init-seconds-before-status-checks", "3600"], cwd=workflow_dir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        seen, still, deadline = -1, 0, time.monotonic() + 300
-        while still < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(5)
-            n = log.read_text().count("\n") if log.exists() else 0
-            still = still + 1 if n == seen and n > 0 else 0
-            seen = n
+        deadline = time.monotonic() + 1800  # a safety net against a hang, not a timing assumption
+        while proc.poll() is None and time.monotonic() < deadline:
+            calls = _submissions(log)
+            if ALWAYS_SUBMITTED <= set(calls) and len(calls["train_model"]) >= 501:
+                break
+            time.sleep(1)
     finally:
         proc.kill()  # nothing to clean up: the jobs exist only in the stub's log
         proc.wait(timeout=60)
-    calls = defaultdict(list)
-    for line in log.read_text().splitlines():
-        options = line.split(" --wrap=")[0]
-        rule = re.search(r"--comment rule_([a-z_]+?)(?:_wildcards_\S+)?(?:\s|$)", options).group(1)
-        calls[rule].append(options)
+    calls = _submissions(log)
     # which jobs get submitted before Snakemake is stopped varies; these always are (GPU and CPU rules both)
     assert {"train_model", "sample_images", "fit_curvature", "prepare_dataset", "make_subsets"} <= set(calls), sorted(calls)
     # at least the full model and 100 subsets x 5 seeds (the counterfactual runs wait for select_counterfactuals)

@@ -7,6 +7,7 @@ mid-block with attention, dropout) at a size that trains in seconds to minutes o
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,16 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def save_model(model: UNet2DModel, directory: str | Path) -> None:
-    """Save with diffusers ``save_pretrained`` (safetensors + config.json)."""
+    """Save with diffusers ``save_pretrained`` (safetensors + config.json).
+
+    safetensors creates the weights file with mode 0600; it gets the mode of ``config.json`` (the process's umask,
+    like every other artefact), so a results folder shared on a cluster file system is readable as a whole.
+    """
+    directory = Path(directory)
     model.save_pretrained(str(directory), safe_serialization=True)
+    mode = stat.S_IMODE((directory / "config.json").stat().st_mode)
+    for weights in directory.glob("*.safetensors"):
+        weights.chmod(mode)
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> UNet2DModel:

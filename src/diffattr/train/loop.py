@@ -6,14 +6,19 @@ random batches (with replacement), optional random horizontal flips, precision f
 The EMA weights are the model used downstream.
 
 Resuming: every ``checkpoint_every`` steps the full state (model, EMA, optimiser, LR schedule, all RNG states,
-step, loss history) is written atomically. A rerun with the same arguments continues from the last checkpoint
-and, on CPU, ends with exactly the weights of an uninterrupted run.
+step, loss history) is written atomically. A rerun with the same inputs continues from the last checkpoint and,
+on CPU, ends with exactly the weights of an uninterrupted run. "The same inputs" is checked with a fingerprint of
+everything that shapes the run (:func:`run_fingerprint`): a checkpoint made for other images, another model,
+schedule or ``train`` section is discarded with a log line. Checkpoints hold tensors and plain values only and are
+read with ``torch.load(weights_only=True)``, so a checkpoint file never runs code; one that cannot be read that
+way (corrupt, truncated, or carrying pickled objects) is moved aside with a warning and training starts afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -106,6 +111,33 @@ def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator, device: torch
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def run_fingerprint(
+    model: torch.nn.Module, data: torch.Tensor, schedule: Schedule, train_cfg: Mapping[str, Any], seed: int, steps: int
+) -> str:
+    """SHA-256 of everything that shapes a training run: the exact training tensor, the model's configuration and
+    parameter shapes, the noise schedule, the ``train`` section, the seed and the step count."""
+    h = hashlib.sha256()
+    config = dict(getattr(model, "config", {}) or {})
+    h.update(json.dumps({"train": dict(train_cfg), "seed": seed, "steps": steps, "model": config,
+                         "params": [(n, list(p.shape)) for n, p in model.named_parameters()],
+                         "data_shape": list(data.shape)}, sort_keys=True, default=str).encode())
+    h.update(data.detach().cpu().float().contiguous().numpy().tobytes())
+    h.update(schedule.betas.detach().cpu().double().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_checkpoint(ckpt: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint's state, or None (after moving the file aside) if it cannot be read as plain tensors."""
+    try:
+        return torch.load(ckpt, map_location=device, weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, or pickled objects that weights_only refuses
+        aside = ckpt.with_name(ckpt.name + ".unreadable")
+        ckpt.replace(aside)
+        log.warning("checkpoint %s is unreadable (%s: %s); moved it to %s and starting from step 0",
+                    ckpt, type(exc).__name__, str(exc).splitlines()[0][:200], aside)
+        return None
+
+
 def train(
     model: torch.nn.Module,
     data: torch.Tensor,
@@ -141,7 +173,7 @@ def train(
     device = torch.device(device)
     cfg = dict(train_cfg)
     _set_precision(cfg["precision"])
-    fingerprint = json.dumps({"cfg": cfg, "seed": seed, "steps": steps, "n": int(data.shape[0])}, sort_keys=True)
+    fingerprint = run_fingerprint(model, data, schedule, cfg, seed, steps)
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):  # dropout uses the global RNG: keep it local to this run
         torch.manual_seed(seed)
@@ -157,8 +189,8 @@ def train(
         history: list[tuple[int, float, float]] = []
         start = 0
         ckpt = Path(checkpoint) if checkpoint else None
-        if ckpt is not None and ckpt.is_file():
-            state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = _load_checkpoint(ckpt, device) if ckpt is not None and ckpt.is_file() else None
+        if state is not None:
             if state.get("fingerprint") == fingerprint:
                 model.load_state_dict(state["model"])
                 ema.load_state_dict(state["ema"])
@@ -168,7 +200,9 @@ def train(
                 history, start = list(state["history"]), int(state["step"])
                 log.info("resumed from %s at step %d/%d", ckpt, start, steps)
             else:
-                log.warning("ignoring checkpoint %s: it was made with other arguments", ckpt)
+                ckpt.unlink()
+                log.warning("discarded checkpoint %s: it was made for other inputs (training images, model, noise "
+                            "schedule, train settings, seed or steps differ); starting from step 0", ckpt)
         ema.to(device)
         autocast = (
             torch.autocast(device_type=device.type, dtype=torch.bfloat16)
