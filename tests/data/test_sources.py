@@ -133,6 +133,31 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path / "flat", split=None)
 
 
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_empty_class_folder_and_odd_sizes_are_named(tmp_path, as_tar):
+    import tarfile
+
+    root = tmp_path / "ds"
+    write_image_folder(root / "train", {"cat": 3, "dog": 2})
+    (root / "train" / "emu").mkdir()  # a class folder without images
+    src = root
+    if as_tar:
+        src = tmp_path / "ds.tar.gz"
+        with tarfile.open(src, "w:gz") as tar:
+            tar.add(root, arcname="ds")
+    with pytest.raises(DataError, match=r"class folder\(s\) \['emu'\] in .* hold no images"):
+        load_image_folder(src, split="train")  # every class, emu included (it used to be dropped silently)
+    with pytest.raises(DataError, match=r"\['emu'\] .* hold no images"):
+        load_image_folder(src, split="train", classes=["cat", "emu"])  # used to say "unknown class"
+    assert load_image_folder(src, split="train", classes=["cat", "dog"]).images.shape[0] == 5
+
+    odd = tmp_path / "odd"
+    write_image_folder(odd / "train", {"cat": 3})
+    write_image_folder(odd / "train", {"dog": 1}, size=(9, 8))
+    with pytest.raises(DataError, match=r"most are \(3, 8, 8\).*but train/dog/\S+ \(3, 9, 8\)"):
+        load_image_folder(odd)
+
+
 def test_select_balances_and_is_deterministic():
     raw = load_digits()
     a = select(raw, ["1", "7"], 50, seed=0)

@@ -145,7 +145,7 @@ def test_same_seed_same_model_other_seed_differs(digits):
 def test_non_finite_loss_names_the_step(digits):
     bad = digits.clone()
     bad[:] = float("nan")
-    with pytest.raises(TrainingDiverged, match="non-finite training loss nan at step 1/5"):
+    with pytest.raises(TrainingDiverged, match=r"non-finite training loss nan at step 1/5 .*train.lr=0.002 .*train.precision=fp32"):
         train(build_unet("unet_tiny"), bad, Schedule.linear(), cfg(), seed=0, steps=5, progress=False)
 
 

@@ -118,7 +118,8 @@ def fetch(url: str, sha256: str, cache_dir: str | Path) -> Path:
             raise DataError(f"cannot download {url}: {exc} (set data.url to a mirror or a file:// copy)") from exc
         actual = sha256_of(tmp)
         if actual != sha256:
-            raise DataError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}")
+            raise DataError(f"checksum mismatch for {url}: expected sha256 {sha256} (config key data.sha256), got "
+                            f"{actual}; a different file sits at data.url, or data.sha256 is wrong")
     return target
 
 
@@ -156,13 +157,17 @@ def load_cifar10_python(
 
 
 # --- image folder (directory or tarball) ----------------------------------------------------------------------
-def _iter_folder(root: Path) -> Iterator[tuple[str, bytes | Path]]:
+def _iter_folder(root: Path) -> Iterator[tuple[str, Path | None]]:
+    """``(relative name, file)`` of every file, and ``(relative name + "/", None)`` of every directory."""
     for p in sorted(root.rglob("*")):
         if p.is_file():
             yield p.relative_to(root).as_posix(), p
+        elif p.is_dir():
+            yield p.relative_to(root).as_posix() + "/", None
 
 
-def _iter_tar(path: Path) -> Iterator[tuple[str, tarfile.TarInfo]]:
+def _iter_tar(path: Path) -> Iterator[tuple[str, tarfile.TarInfo | None]]:
+    """As :func:`_iter_folder`, for the members of a tarball."""
     try:
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as exc:
@@ -171,6 +176,16 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, tarfile.TarInfo]]:
         for m in tar.getmembers():
             if m.isfile():
                 yield m.name, m
+            elif m.isdir():
+                yield m.name.rstrip("/") + "/", None
+
+
+def _class_folder(name: str, split: str | None) -> str | None:
+    """The class a directory entry (``.../``) is the folder of, in the layout ``[<split>/]<class>/``."""
+    parts = PurePosixPath(name.rstrip("/")).parts
+    if split is None:
+        return parts[-1] if len(parts) == 1 else None
+    return parts[-1] if len(parts) >= 2 and parts[-2] == split else None
 
 
 def _class_and_split(name: str, split: str | None) -> tuple[str, str] | None:
@@ -199,10 +214,20 @@ def load_image_folder(path: str | Path, split: str | None = "train", classes: li
     entries = list(_iter_tar(path) if is_tar else _iter_folder(path))
     layout = "<split>/<class>/<image>".replace("<split>", split) if split else "<class>/<image>"
     found: list[tuple[str, str, object]] = []  # (class, full name, handle)
+    folders: set[str] = set()
     for name, handle in entries:
+        if handle is None:
+            if (c := _class_folder(name, split)) is not None:
+                folders.add(c)
+            continue
         cs = _class_and_split(name, split)
         if cs is not None:
             found.append((cs[0], name, handle))
+    considered = folders & set(classes) if classes else folders
+    empty = sorted(considered - {c for c, _, _ in found})
+    if empty:
+        raise DataError(f"class folder(s) {empty} in {path} hold no images ({', '.join(sorted(IMAGE_SUFFIXES))} "
+                        f"files in {layout}); add images, or leave the class out of data.classes")
     if not found:
         sample = sorted({PurePosixPath(n).parts[0] for n, _ in entries})[:10]
         raise DataError(
@@ -239,7 +264,11 @@ def load_image_folder(path: str | Path, split: str | None = "train", classes: li
             images.append(decode(Path(h).read_bytes(), n))
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise DataError(f"images in {path} differ in size or channels: {sorted(shapes)[:5]}")
+        common = max(shapes, key=[im.shape for im in images].count)
+        odd = [(n, im.shape) for (_, _, n, _), im in zip(wanted, images, strict=True) if im.shape != common]
+        listed = ", ".join(f"{n} {tuple(sh)}" for n, sh in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        raise DataError(f"images in {path} differ in size or channels: most are {tuple(common)} (channels, height, "
+                        f"width), but {listed}; resize them or remove them")
     return RawImages(
         np.stack(images).astype(np.uint8),
         np.asarray([names.index(c) for _, c, _, _ in wanted], dtype=np.int64),

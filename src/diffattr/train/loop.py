@@ -224,7 +224,10 @@ def train(
                 loss = ddpm_loss(eps_model, schedule, x0, t.to(device), eps.to(device)) / x0[0].numel()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise TrainingDiverged(f"non-finite training loss {value} at step {step}/{steps} (seed {seed})")
+                raise TrainingDiverged(
+                    f"non-finite training loss {value} at step {step}/{steps} (seed {seed}); suspects: "
+                    f"train.lr={cfg['lr']:g} (lower it) and train.precision={cfg['precision']} (fp32 is the safest), "
+                    "or non-finite training images")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
