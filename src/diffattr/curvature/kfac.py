@@ -4,7 +4,7 @@ Scale: the factors approximate the GGN of the training loss ℓ = ||ε - ε_θ(x
 **averaged over the data set** (and over the Monte-Carlo draws of t, ε and flips), from curvlinops with
 ``MSELoss(reduction="sum")``. Damping λ is added to exactly this matrix, as in the paper (appendix G.4).
 
-The two GGNs differ in what a data point is (paper appendix G.2, G.8):
+The two GGNs differ in what a data point is (paper appendix G.3, G.8):
 
 - ``mc`` (GGN_model, eq. 10): an expectation over examples *and* draws of per-draw terms, so every
   (example, draw) pair is one curvlinops data point.
