@@ -22,8 +22,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from diffattr.config import deep_merge, load_config
-from diffattr.evaluate.study import compute_lds
-from diffattr.measure import gather_measurements, measure_model
+from diffattr.runtime import named_paths as _paths
+from diffattr.stages.evaluate import compute_lds
+from diffattr.stages.measure import gather_measurements, measure_model
 
 
 def main() -> None:
@@ -41,12 +42,19 @@ def main() -> None:
     pairs = [p for p in cfg["evaluate"]["pairs"] if p["scores"] == p["target"]]
     scores = [res / f"scores/{m}/{p['scores']}.h5" for m in args.methods for p in pairs]
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [measure_model(off, res / "models" / m, res / "samples/samples.h5", Path(tmp) / f"{m}.h5")
-                 for m in tqdm(models, desc="measure (independent draws)")]
-        gather_measurements(off, paths, Path(tmp) / "measurements.h5")
-        indep = compute_lds({**off, "evaluate": {**off["evaluate"], "pairs": pairs, "timestep_matrix": False}},
-                            Path(tmp) / "measurements.h5", res / "data/subsets.h5", scores,
-                            Path(tmp) / "lds.json", Path(tmp) / "lds.csv")
+        paths = [str(Path(tmp) / f"{m}.h5") for m in models]
+        for m, out in zip(tqdm(models, desc="measure (independent draws)"), paths, strict=True):
+            measure_model(_paths({"model": [str(res / "models" / m / "config.json")],
+                                  "samples": str(res / "samples/samples.h5")}), _paths({"measurements": out}),
+                          model_id=m, measure=off["measure"], diffusion=off["diffusion"], device=off["device"])
+        gather_measurements(_paths({"measurements": paths}), _paths({"measurements": str(Path(tmp) / "m.h5")}),
+                            timesteps=off["measure"]["timesteps"])
+        compute_lds(_paths({"measurements": str(Path(tmp) / "m.h5"), "subsets": str(res / "data/subsets.h5"),
+                            "scores": [str(s) for s in scores]}),
+                    _paths({"lds": str(Path(tmp) / "lds.json"), "per_sample": str(Path(tmp) / "lds.csv")}),
+                    experiment=off["experiment"], evaluate={**off["evaluate"], "pairs": pairs, "timestep_matrix": False},
+                    timesteps=off["measure"]["timesteps"])
+        indep = json.loads((Path(tmp) / "lds.json").read_text())
 
     def best(summary, method, target):
         r = next(r for r in summary["results"] if r["method"] == method and r["scores"] == r["target"] == target)

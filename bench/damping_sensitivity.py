@@ -28,7 +28,7 @@ from diffattr.gradients import measurement_gradients, training_gradients
 from diffattr.io import read_h5
 from diffattr.runtime import select_device
 from diffattr.scores import QueryBank
-from diffattr.scores.inputs import AttributionInputs, gradient_seeds
+from diffattr.scores.base import GradientArgs, GradientInputs
 
 
 def main() -> None:
@@ -43,8 +43,9 @@ def main() -> None:
     res = Path("results") / cfg["experiment"]
     icfg = cfg["influence"]
     device = select_device(cfg["device"])
-    inputs = AttributionInputs.load(cfg, res / "models/full", res / "data/train.h5", res / "samples/samples.h5", device)
-    seeds, mc, bs = gradient_seeds(icfg), icfg["gradient_mc_samples"], icfg["batch_size"]
+    inputs = GradientInputs.load(res / "models/full", res / "data/train.h5", res / "samples/samples.h5", cfg["diffusion"],
+                                 device)
+    seeds, mc, bs = GradientArgs.from_sections(icfg, cfg["train"]["hflip"]).seeds, icfg["gradient_mc_samples"], icfg["batch_size"]
     curv = load_curvature(res / "curvature" / f"{args.variant}.h5")
     dampings = icfg["dampings"]
 

@@ -27,12 +27,12 @@ from torch import nn
 
 from diffattr.config import load_config
 from diffattr.curvature import Variant, build_operator, curvature_from_operator, kfac_parameters
-from diffattr.curvature.draws import KFAC_LAYERS, CurvatureData, FlatEps
+from diffattr.curvature.data import KFAC_LAYERS, CurvatureData, FlatEps
 from diffattr.gradients import measurement_gradients, training_gradients
 from diffattr.runtime import select_device
 from diffattr.scores import QueryBank
-from diffattr.scores.influence import stream_scores
-from diffattr.scores.inputs import AttributionInputs, gradient_seeds
+from diffattr.scores.bank import stream_scores
+from diffattr.scores.base import GradientArgs, GradientInputs
 
 
 def flops_per_row(wrapper: FlatEps, x: torch.Tensor, t: torch.Tensor, approx: str) -> tuple[float, float]:
@@ -75,9 +75,10 @@ def main() -> None:
     res = Path("results") / cfg["experiment"]
     device = select_device(cfg["device"])
     icfg = cfg["influence"]
-    inputs = AttributionInputs.load(cfg, res / "models/full", res / "data/train.h5", res / "samples/samples.h5", device)
+    inputs = GradientInputs.load(res / "models/full", res / "data/train.h5", res / "samples/samples.h5", cfg["diffusion"],
+                                 device)
     wrapper, schedule, images, samples = inputs.wrapper, inputs.schedule, inputs.images, inputs.samples
-    seeds = gradient_seeds(icfg)
+    seeds = GradientArgs.from_sections(icfg, cfg["train"]["hflip"]).seeds
     n, bs, mc = images.shape[0], icfg["batch_size"], icfg["gradient_mc_samples"]
     hflip = bool(cfg["train"]["hflip"])
     t: dict[str, float] = {}
@@ -118,7 +119,7 @@ def main() -> None:
             for m, q in queries.items():
                 bank.add((variant.name, m), curv.precondition(q, icfg["dampings"]))
         with timed("training gradients + scoring"):
-            stream_scores(bank, grad_fn, images, bs, progress=False)
+            stream_scores(bank, lambda idx: grad_fn(images[idx], idx), n, bs, progress=False)
 
     bound = t["bare per-example gradients (bound)"]
     total = sum(v for k, v in t.items() if "bound" not in k and "reference" not in k)

@@ -1,7 +1,9 @@
 # Helpers, wildcard constraints and target functions (no rules here).
-from pathlib import Path
 
-from diffattr.config import configured_variants, counterfactual_plan, query_names
+from diffattr.config import configured_variants
+from diffattr.evaluate.counterfactual import counterfactual_plan
+from diffattr.queries import query_names
+from diffattr.scores.registry import METHODS, evaluated_methods, method_sections
 
 RESULTS = f"results/{config['experiment']}"
 ENV = "../envs/diffattr.yaml"
@@ -24,6 +26,7 @@ def benchmark(name):
 wildcard_constraints:
     model=r"full|subset\d+_seed\d+|cf\d+",
     curvature=r"e?kfac_(mc|empirical)_(expand|reduce)",
+    method="|".join(METHODS),
     subset=r"\d+",
     seed=r"\d+",
 
@@ -64,7 +67,8 @@ def all_targets():
 FIGURE_NAMES = ["lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual", "counterfactual"]
 if config["evaluate"]["timestep_matrix"]:
     FIGURE_NAMES.append("timestep_matrix")
-CF_MODELS = [f"cf{r}" for r in range(len(counterfactual_plan(config)))]
+CF_PLAN = counterfactual_plan(config)
+CF_MODELS = [f"cf{r}" for r in range(len(CF_PLAN))]
 
 
 def train_inputs(wildcards):
@@ -75,13 +79,24 @@ def train_inputs(wildcards):
     return inputs
 
 
-def evaluated_score_files():
-    """Score files of the method families listed in evaluate.methods."""
-    families = config["evaluate"]["methods"]
-    methods = (CURVATURES if "kfac" in families else []) + [m for m in ("trak", "dtrak", "clip") if m in families]
+def score_files(methods):
+    """Score files of methods for every query: results/<exp>/scores/{method}/{query}.h5."""
     return [res(f"scores/{method}/{query}.h5") for method in methods for query in QUERIES]
 
 
+def evaluated_score_files():
+    """Score files of the methods listed in evaluate.methods (every K-FAC variant for kfac)."""
+    return score_files(evaluated_methods(config))
+
+
 def kfac_score_files():
-    """Score files of every configured K-FAC variant and measurement."""
-    return [res(f"scores/{method}/{query}.h5") for method in CURVATURES for query in QUERIES]
+    """Score files of every configured K-FAC variant and query."""
+    return score_files(CURVATURES)
+
+
+def model_input(method):
+    """compute_scores' inputs: the full model for gradient methods, the images for the others."""
+    inputs = {"train": res("data/train.h5"), "samples": res("samples/samples.h5")}
+    if METHODS[method].needs_model:
+        inputs["model"] = model_files("full")
+    return inputs

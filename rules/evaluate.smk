@@ -10,7 +10,9 @@ rule compute_lds:
         lds=res("metrics/lds.json"),
         per_sample=res("metrics/lds_per_sample.csv"),
     params:
+        experiment=config["experiment"],
         evaluate=config["evaluate"],
+        timesteps=config["measure"]["timesteps"],
     log:
         logfile("compute_lds"),
     conda:
@@ -55,7 +57,7 @@ rule select_counterfactuals:
     output:
         removals=res("counterfactual/removals.h5"),
     params:
-        evaluate=config["evaluate"],
+        plan=CF_PLAN,
     log:
         logfile("select_counterfactuals"),
     conda:

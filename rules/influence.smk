@@ -8,7 +8,11 @@ rule fit_curvature:
     output:
         curvature=res("curvature/{curvature}.h5"),
     params:
+        variant="{curvature}",
         influence=config["influence"],
+        diffusion=config["diffusion"],
+        hflip=config["train"]["hflip"],
+        device=config["device"],
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
@@ -33,9 +37,11 @@ rule compute_kfac_scores:
     output:
         scores=kfac_score_files(),
     params:
+        queries=QUERIES,
         influence=config["influence"],
-        # results/<exp>/scores from results/<exp>/scores/<method>/<measurement>.h5
-        out_dir=lambda w, output: str(Path(output.scores[0]).parent.parent),
+        diffusion=config["diffusion"],
+        hflip=config["train"]["hflip"],
+        device=config["device"],
     threads: config["resources"]["threads"]
     resources:
         gpu=1,

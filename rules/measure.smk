@@ -8,7 +8,10 @@ rule measure_model:
     output:
         measurements=res("measurements/models/{model}.h5"),
     params:
+        model_id="{model}",
         measure=config["measure"],
+        diffusion=config["diffusion"],
+        device=config["device"],
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
@@ -30,7 +33,7 @@ rule gather_measurements:
     output:
         measurements=res("measurements/measurements.h5"),
     params:
-        measure=config["measure"],
+        timesteps=config["measure"]["timesteps"],
     log:
         logfile("gather_measurements"),
     conda:

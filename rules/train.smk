@@ -10,10 +10,12 @@ rule train_model:
         loss=res("models/{model}/loss.csv"),
         info=res("models/{model}/train_info.json"),
     params:
+        model_id="{model}",
         checkpoint=res("checkpoints/{model}.pt"),
         model=config["model"],
         train=config["train"],
         diffusion=config["diffusion"],
+        device=config["device"],
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
@@ -38,6 +40,7 @@ rule sample_images:
     params:
         sample=config["sample"],
         diffusion=config["diffusion"],
+        device=config["device"],
     threads: config["resources"]["threads"]
     resources:
         gpu=1,

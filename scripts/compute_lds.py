@@ -1,9 +1,6 @@
-"""Glue for rule compute_lds."""
+"""Rule compute_lds: stage :func:`diffattr.stages.evaluate.compute_lds`."""
 
-from diffattr.evaluate.study import compute_lds
-from diffattr.runtime import rule_context
+from diffattr.runtime import run_stage
+from diffattr.stages.evaluate import compute_lds
 
-smk = snakemake  # noqa: F821 (injected by Snakemake)
-with rule_context(smk):
-    compute_lds(smk.config, smk.input.measurements, smk.input.subsets, list(smk.input.scores),
-                smk.output.lds, smk.output.per_sample)
+run_stage(snakemake, compute_lds)  # noqa: F821 (injected by Snakemake)

@@ -1,10 +1,6 @@
-"""Glue for rule evaluate_counterfactuals."""
+"""Rule evaluate_counterfactuals: stage :func:`diffattr.stages.evaluate.evaluate_counterfactuals`."""
 
-from diffattr.evaluate.counterfactual import summarize_counterfactual
-from diffattr.plots import figures
-from diffattr.runtime import rule_context
+from diffattr.runtime import run_stage
+from diffattr.stages.evaluate import evaluate_counterfactuals
 
-smk = snakemake  # noqa: F821 (injected by Snakemake)
-with rule_context(smk):
-    summary = summarize_counterfactual(smk.input.removals, smk.input.full, list(smk.input.runs), smk.output.metrics)
-    figures.counterfactual_bars(summary, smk.output.figure, smk.output.data)
+run_stage(snakemake, evaluate_counterfactuals)  # noqa: F821 (injected by Snakemake)

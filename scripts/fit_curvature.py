@@ -1,17 +1,6 @@
-"""Glue for rule fit_curvature."""
+"""Rule fit_curvature: stage :func:`diffattr.stages.influence.fit_curvature`."""
 
-from pathlib import Path
+from diffattr.runtime import run_stage
+from diffattr.stages.influence import fit_curvature
 
-from diffattr.curvature import fit_curvature_stage
-from diffattr.runtime import rule_context, select_device
-
-smk = snakemake  # noqa: F821 (injected by Snakemake)
-with rule_context(smk):
-    fit_curvature_stage(
-        smk.config,
-        smk.wildcards.curvature,
-        Path(smk.input.model[0]).parent,
-        smk.input.train,
-        smk.output.curvature,
-        device=select_device(smk.config["device"]),
-    )
+run_stage(snakemake, fit_curvature)  # noqa: F821 (injected by Snakemake)

@@ -1,8 +1,6 @@
-"""Glue for rule gather_measurements."""
+"""Rule gather_measurements: stage :func:`diffattr.stages.measure.gather_measurements`."""
 
-from diffattr.measure import gather_measurements
-from diffattr.runtime import rule_context
+from diffattr.runtime import run_stage
+from diffattr.stages.measure import gather_measurements
 
-smk = snakemake  # noqa: F821 (injected by Snakemake)
-with rule_context(smk):
-    gather_measurements(smk.config, list(smk.input.measurements), smk.output.measurements)
+run_stage(snakemake, gather_measurements)  # noqa: F821 (injected by Snakemake)

@@ -1,7 +1,6 @@
-"""Glue for rule make_subsets."""
+"""Rule make_subsets: stage :func:`diffattr.stages.data.make_subsets`."""
 
-from diffattr.data import make_subsets
-from diffattr.runtime import rule_context
+from diffattr.runtime import run_stage
+from diffattr.stages.data import make_subsets
 
-with rule_context(snakemake):  # noqa: F821 (injected by Snakemake)
-    make_subsets(snakemake.params.subsets, snakemake.input.train, snakemake.output.subsets)  # noqa: F821
+run_stage(snakemake, make_subsets)  # noqa: F821 (injected by Snakemake)

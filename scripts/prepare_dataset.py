@@ -1,7 +1,6 @@
-"""Glue for rule prepare_dataset."""
+"""Rule prepare_dataset: stage :func:`diffattr.stages.data.prepare_dataset`."""
 
-from diffattr.data import prepare_dataset
-from diffattr.runtime import rule_context
+from diffattr.runtime import run_stage
+from diffattr.stages.data import prepare_dataset
 
-with rule_context(snakemake):  # noqa: F821 (injected by Snakemake)
-    prepare_dataset(snakemake.params.data, snakemake.output.train)  # noqa: F821
+run_stage(snakemake, prepare_dataset)  # noqa: F821 (injected by Snakemake)

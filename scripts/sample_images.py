@@ -1,16 +1,6 @@
-"""Glue for rule sample_images."""
+"""Rule sample_images: stage :func:`diffattr.stages.train.sample_images`."""
 
-from pathlib import Path
+from diffattr.runtime import run_stage
+from diffattr.stages.train import sample_images
 
-from diffattr.runtime import rule_context, select_device
-from diffattr.sampling import sample_images
-
-smk = snakemake  # noqa: F821 (injected by Snakemake)
-with rule_context(smk):
-    sample_images(
-        smk.config,
-        Path(smk.input.model[0]).parent,
-        smk.output.samples,
-        smk.output.grid,
-        device=select_device(smk.config["device"]),
-    )
+run_stage(snakemake, sample_images)  # noqa: F821 (injected by Snakemake)

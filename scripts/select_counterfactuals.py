@@ -1,8 +1,6 @@
-"""Glue for rule select_counterfactuals."""
+"""Rule select_counterfactuals: stage :func:`diffattr.stages.evaluate.select_counterfactuals`."""
 
-from diffattr.evaluate.counterfactual import select_removals
-from diffattr.runtime import rule_context
+from diffattr.runtime import run_stage
+from diffattr.stages.evaluate import select_counterfactuals
 
-smk = snakemake  # noqa: F821 (injected by Snakemake)
-with rule_context(smk):
-    select_removals(smk.config, smk.input.lds, list(smk.input.scores), smk.output.removals)
+run_stage(snakemake, select_counterfactuals)  # noqa: F821 (injected by Snakemake)

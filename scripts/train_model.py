@@ -1,19 +1,6 @@
-"""Glue for rule train_model."""
+"""Rule train_model: stage :func:`diffattr.stages.train.train_model`."""
 
-from pathlib import Path
+from diffattr.runtime import run_stage
+from diffattr.stages.train import train_model
 
-from diffattr.runtime import rule_context, select_device
-from diffattr.train import train_model
-
-smk = snakemake  # noqa: F821 (injected by Snakemake)
-with rule_context(smk):
-    train_model(
-        smk.config,
-        smk.wildcards.model,
-        smk.input.train,
-        smk.input.subsets,
-        Path(smk.output.config).parent,
-        smk.params.checkpoint,
-        device=select_device(smk.config["device"]),
-        removals_path=smk.input.get("removals"),
-    )
+run_stage(snakemake, train_model)  # noqa: F821 (injected by Snakemake)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,11 @@ WORKFLOW_PARTS = ["Snakefile", "rules", "report", "scripts", "envs", "schemas", 
 DVC_PARTS = ["dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "Makefile"]
 BIN = Path(sys.executable).parent
 GIT_ID = ["-c", "user.name=diffattr-tests", "-c", "user.email=tests@diffattr.invalid"]
+
+
+def paths(**named: str | Path | list) -> SimpleNamespace:
+    """Named paths as a stage receives them from :func:`diffattr.runtime.run_stage` (str, or lists of str)."""
+    return SimpleNamespace(**{k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in named.items()})
 
 
 def copy_workflow(wd: Path) -> Path:

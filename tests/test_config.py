@@ -86,7 +86,7 @@ def test_cross_key_consistency_errors_name_the_key():
                            "influence": {"measurements": ["loss", "elbo", "timestep_loss"]}})
     from diffattr.config import evaluation_pairs
 
-    assert {"scores": "timestep_loss_t5", "target": "timestep_loss_t1"} in evaluation_pairs(cfg)
+    assert {"scores": "timestep_loss_t5", "target": "timestep_loss_t1"} in evaluation_pairs(cfg["evaluate"], cfg["measure"]["timesteps"])
 
 
 @pytest.mark.parametrize("section", ["influence", "trak"])

@@ -29,7 +29,7 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert est["n_train"] == 5000
     assert rules["train_model"]["jobs"] == 533 and rules["measure_model"]["jobs"] == 533
     assert rules["fit_curvature"]["jobs"] == 4 and "all" not in rules
-    assert not rules["compute_lds"]["gpu"] and rules["compute_clip_scores"]["gpu"]
+    assert not rules["compute_lds"]["gpu"] and rules["compute_scores:clip"]["gpu"]
     # training: full and 32 counterfactual runs at 32k steps, 500 subset runs at 16k, 0.1 s per tf32 step
     assert rules["train_model"]["gpu_hours"] == pytest.approx((33 * 32000 + 500 * 16000) * 0.1 / 3600)
     # measurement per model: 200 samples x (5000 loss/elbo + 7 timesteps x 1000 draws + 1000 trajectory steps)

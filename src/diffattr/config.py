@@ -9,13 +9,15 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+
+from diffattr.queries import TIMESTEP_LOSS, query_names
 
 SCHEMA_VERSION = 1
 
@@ -108,20 +110,12 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
     return cfg
 
 
-def query_names(measurements: list[str], timesteps: list[int]) -> list[str]:
-    """Names of the measurement quantities: each measurement, ``timestep_loss`` expanded to ``timestep_loss_t<step>``."""
-    names: list[str] = []
-    for m in measurements:
-        names += [f"timestep_loss_t{t}" for t in timesteps] if m == "timestep_loss" else [m]
-    return names
-
-
-def evaluation_pairs(cfg: Mapping[str, Any]) -> list[dict[str, str]]:
+def evaluation_pairs(evaluate: Mapping[str, Any], timesteps: Sequence[int]) -> list[dict[str, str]]:
     """The (scores, target) pairs of the LDS evaluation: ``evaluate.pairs`` plus the timestep matrix if asked."""
-    pairs = [dict(p) for p in cfg["evaluate"]["pairs"]]
-    if cfg["evaluate"]["timestep_matrix"]:
-        steps = cfg["measure"]["timesteps"]
-        pairs += [{"scores": f"timestep_loss_t{a}", "target": f"timestep_loss_t{b}"} for a in steps for b in steps]
+    pairs = [dict(p) for p in evaluate["pairs"]]
+    if evaluate["timestep_matrix"]:
+        names = query_names([TIMESTEP_LOSS], timesteps)
+        pairs += [{"scores": a, "target": b} for a in names for b in names]
     return pairs
 
 
@@ -197,22 +191,3 @@ def variant_name(fisher: str, approx: str, eigencorrection: bool = False) -> str
 def configured_variants(config: Mapping[str, Any]) -> list[str]:
     """Names of the curvature variants in ``influence.variants``, in config order."""
     return [variant_name(v["fisher"], v["approx"], v.get("eigencorrection", False)) for v in config["influence"]["variants"]]
-
-
-def counterfactual_plan(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The retraining runs of the counterfactual evaluation, one per row (model id ``cf<row>``).
-
-    For each of the first ``evaluate.counterfactual_samples`` samples, each evaluated method (the first K-FAC
-    variant, TRAK, D-TRAK) and each fraction: remove that method's top fraction of training examples for the
-    sample's loss. Plus one random removal per fraction (shared by all samples).
-    """
-    ev = config["evaluate"]
-    methods = []
-    if "kfac" in ev["methods"]:
-        methods.append(configured_variants(config)[0])
-    methods += [m for m in ("trak", "dtrak") if m in ev["methods"]]
-    rows = [{"method": "random", "sample": -1, "fraction": float(p)} for p in ev["counterfactual_fractions"]]
-    for s in range(min(ev["counterfactual_samples"], config["sample"]["n_samples"])):
-        for m in methods:
-            rows.extend({"method": m, "sample": s, "fraction": float(p)} for p in ev["counterfactual_fractions"])
-    return rows

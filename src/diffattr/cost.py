@@ -22,8 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffattr.config import configured_variants, load_config, query_names
-from diffattr.scores.influence import plan_passes
+from diffattr.config import configured_variants, load_config
+from diffattr.curvature import FlatEps, kfac_parameters
+from diffattr.models import build_unet
+from diffattr.queries import query_names
+from diffattr.scores.bank import bank_row_bytes, plan_passes
+from diffattr.scores.registry import METHODS
 from diffattr.scores.trak import TRAK_BLOCK
 
 REFERENCE_FILE = Path(__file__).with_name("cost_reference.json")
@@ -47,9 +51,6 @@ def n_train(cfg: Mapping[str, Any]) -> int | None:
 
 def kfac_parameter_count(preset: str) -> int:
     """Number of parameters K-FAC covers (every Linear/Conv2d layer) in a model preset."""
-    from diffattr.curvature import FlatEps, kfac_parameters
-    from diffattr.models import build_unet
-
     return sum(p.numel() for _, p in kfac_parameters(FlatEps(build_unet(preset))))
 
 
@@ -57,8 +58,7 @@ def kfac_bank(cfg: Mapping[str, Any], n_params: int) -> tuple[float, int]:
     """Size of the query bank of ``compute_kfac_scores`` in bytes, and the passes over the training set it needs."""
     icfg = cfg["influence"]
     n_queries = len(query_names(icfg["measurements"], cfg["measure"]["timesteps"]))
-    per_sample = (len(configured_variants(cfg)) * len(icfg["dampings"]) * n_params
-                  * (1 if icfg["query_compression"] == "int8" else 4))
+    per_sample = len(configured_variants(cfg)) * len(icfg["dampings"]) * bank_row_bytes(n_params, icfg["query_compression"])
     n_samples = cfg["sample"]["n_samples"]
     passes = plan_passes(n_queries, n_samples, per_sample, icfg["bank_memory_mb"] * 2**20)
     return float(n_queries * n_samples * per_sample), len(passes)
@@ -124,14 +124,17 @@ def job_seconds(
         return s
     if rule == "compute_kfac_scores":
         return (bank_passes * N * icfg["gradient_mc_samples"] + query_draws) * grad
-    if rule in ("compute_trak_scores", "compute_dtrak_scores"):
-        # traker's BasicProjector regenerates its matrix per call: a cost per call (one per block of training
-        # gradients and one per query set), linear in k
-        per_call = ref["project_s_per_gradient"] * ref["project_batch"] * cfg["trak"]["projection_dim"] / ref["projection_dim"]
-        calls = math.ceil(N / max(icfg["batch_size"], TRAK_BLOCK)) + n_queries
-        return (N * icfg["gradient_mc_samples"] + query_draws) * grad + calls * per_call
-    if rule == "compute_clip_scores":
-        return (N + S) * ref.get("clip_forward_s_per_image", fwd)
+    if rule == "compute_scores":  # any registered method: priced from its registry entry
+        method = METHODS[wildcards["method"]]
+        if not method.needs_model:  # a similarity of image embeddings (CLIP)
+            return (N + S) * ref.get("clip_forward_s_per_image", fwd)
+        s = (method.gradient_passes * N * icfg["gradient_mc_samples"] + query_draws) * grad
+        if "trak" in method.sections:
+            # traker's BasicProjector regenerates its matrix per call: a cost per call (one per block of training
+            # gradients and one per query set), linear in k
+            per_call = ref["project_s_per_gradient"] * ref["project_batch"] * cfg["trak"]["projection_dim"] / ref["projection_dim"]
+            s += (math.ceil(N / max(icfg["batch_size"], TRAK_BLOCK)) + n_queries) * per_call
+        return s
     return None
 
 
@@ -157,15 +160,16 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
         if rule == "measure_model":
             timestep_hours += timestep_oracle_seconds(cfg, ref) / 3600
         s = job_seconds(rule, wildcards, cfg, ref, passes)
-        rows[rule]["jobs"] += 1
+        row = rows[f"{rule}:{wildcards['method']}" if "method" in wildcards else rule]  # one line per method
+        row["jobs"] += 1
         if s is not None:
-            rows[rule]["gpu"] = True
-            rows[rule]["gpu_hours"] += s / 3600
-            rows[rule]["max_job_hours"] = max(rows[rule]["max_job_hours"], s / 3600)
+            row["gpu"] = True
+            row["gpu_hours"] += s / 3600
+            row["max_job_hours"] = max(row["max_job_hours"], s / 3600)
             # the wall-time limit the rule asks the cluster for (rules/*.smk: config key resources)
             key = {"train_model": "train_runtime", "compute_kfac_scores": "kfac_scores_runtime"}.get(rule, "gpu_runtime")
-            rows[rule]["runtime_limit_hours"] = cfg["resources"][key] / 60
-            rows[rule]["runtime_key"] = f"resources.{key}"
+            row["runtime_limit_hours"] = cfg["resources"][key] / 60
+            row["runtime_key"] = f"resources.{key}"
     return {"experiment": cfg["experiment"], "n_train": n_train(cfg), "reference": ref, "rules": dict(rows),
             "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values()),
             "timestep_oracles": {"gpu_hours": timestep_hours, "draws_per_timestep":

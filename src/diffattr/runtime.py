@@ -6,7 +6,8 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 log = logging.getLogger("diffattr")
@@ -55,3 +56,18 @@ def select_device(setting: str = "auto") -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
+
+
+def named_paths(paths: Any) -> SimpleNamespace:
+    """A Snakemake ``input``/``output`` as a namespace of its *named* entries only (lists stay lists of str)."""
+    return SimpleNamespace(**{k: list(map(str, v)) if isinstance(v, list) else str(v) for k, v in paths.items()})
+
+
+def run_stage(smk: Any, stage: Callable[..., Any]) -> None:
+    """Run a stage function for the rule Snakemake is executing: ``stage(input, output, **params)``.
+
+    The stage receives the rule's named inputs and outputs and exactly its declared ``params`` (never the config),
+    inside :func:`rule_context`. Every script in ``scripts/`` is this one call.
+    """
+    with rule_context(smk):
+        stage(named_paths(smk.input), named_paths(smk.output), **dict(smk.params.items()))

@@ -156,7 +156,7 @@ def _reference_eq11_factors(wrapper: nn.Module, images, schedule, K: int, seed: 
     G = (1/N) Σ (δ/K)(δ/K)ᵀ; reduce: A = (1/N) Σ_n ā_n ā_nᵀ (mean over k, s), G = (1/N) Σ_n ḡ_n ḡ_nᵀ with
     ḡ_n = Σ_(k,s) δ/K.
     """
-    from diffattr.curvature.draws import curvature_batches
+    from diffattr.curvature.data import curvature_batches
 
     N = images.shape[0]
     (X, eps), = list(curvature_batches(images, schedule, K, N, seed, False, "cpu"))
@@ -219,7 +219,7 @@ def test_empirical_expand_is_per_draw_expand_over_k(tiny_unet_setup):
     K = 4
     ours = fit_curvature(model, images, schedule, Variant(Fisher.EMPIRICAL, Approx.EXPAND), K, 3, seed=2, progress=False)
     wrapper = FlatEps(model)
-    from diffattr.curvature.draws import CurvatureData
+    from diffattr.curvature.data import CurvatureData
 
     n = images.shape[0] * K
     per_draw = KFACLinearOperator(wrapper, nn.MSELoss(reduction="sum"), [p for _, p in kfac_parameters(wrapper)],

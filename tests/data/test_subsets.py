@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from diffattr.config import validate_config
-from diffattr.data import DataError, draw_subsets, make_subsets, prepare_dataset, read_subsets, read_train
+from diffattr.data import DataError, draw_subsets, read_subsets, read_train
+from diffattr.stages.data import make_subsets, prepare_dataset
+from tests.conftest import paths
 
 
 def test_subset_size_and_determinism():
@@ -25,12 +27,12 @@ def test_degenerate_fraction():
 
 def test_artefacts_roundtrip(tmp_path):
     cfg = validate_config({"experiment": "t", "data": {"classes": ["1", "7"], "per_class": 30}, "subsets": {"n_subsets": 4}})
-    prepare_dataset(cfg["data"], tmp_path / "train.h5")
+    prepare_dataset(paths(), paths(train=tmp_path / "train.h5"), data=cfg["data"])
     train = read_train(tmp_path / "train.h5")
     assert train["images"].shape == (60, 1, 8, 8) and train["images"].dtype == np.uint8
     assert list(train["class_names"]) == ["1", "7"]
     assert train.config["data"]["per_class"] == 30
-    make_subsets(cfg["subsets"], tmp_path / "train.h5", tmp_path / "subsets.h5")
+    make_subsets(paths(train=tmp_path / "train.h5"), paths(subsets=tmp_path / "subsets.h5"), subsets=cfg["subsets"])
     sub = read_subsets(tmp_path / "subsets.h5")
     assert sub["masks"].shape == (4, 60) and (sub["masks"].sum(1) == 30).all()
     assert sub["seeds"].shape == (4, 2)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -87,8 +89,9 @@ def test_substituted_measurement_is_oriented(tmp_path, method, predicts):
     """Scores predicting the loss (or a loss-like output) against an ELBO that is an exact negative affine function
     of that loss: LDS = +1 (a sign error gives -1)."""
     from diffattr.config import validate_config
-    from diffattr.evaluate.study import compute_lds
     from diffattr.scores import write_scores
+    from diffattr.stages.evaluate import compute_lds
+    from tests.conftest import paths
 
     rng = np.random.default_rng(0)
     S, N, M = 4, 24, 9
@@ -105,8 +108,10 @@ def test_substituted_measurement_is_oriented(tmp_path, method, predicts):
     cfg = validate_config({"experiment": "t", "measure": {"measurements": ["loss", "elbo"], "timesteps": [1]},
                            "influence": {"measurements": ["loss", "elbo"]},
                            "evaluate": {"timestep_matrix": False, "pairs": pairs}})
-    summary = compute_lds(cfg, tmp_path / "measurements.h5", tmp_path / "subsets.h5", files, tmp_path / "lds.json",
-                          tmp_path / "lds.csv")
+    compute_lds(paths(measurements=tmp_path / "measurements.h5", subsets=tmp_path / "subsets.h5", scores=files),
+                paths(lds=tmp_path / "lds.json", per_sample=tmp_path / "lds.csv"),
+                experiment="t", evaluate=cfg["evaluate"], timesteps=cfg["measure"]["timesteps"])
+    summary = json.loads((tmp_path / "lds.json").read_text())
     got = {(r["scores"], r["target"]): r for r in summary["results"]}
     assert got[("loss", "elbo")]["best"]["mean"] == pytest.approx(1.0)
     assert got[("loss", "elbo")]["sign"] == -1

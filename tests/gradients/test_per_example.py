@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from diffattr.curvature import FlatEps, kfac_parameters
-from diffattr.curvature.draws import example_draws, noisy_inputs
 from diffattr.diffusion import Schedule
 from diffattr.diffusion.ddpm import eps_fn
+from diffattr.diffusion.draws import crn_draws, example_draws, noisy_inputs
 from diffattr.gradients import measurement_gradients, training_gradients
 from diffattr.measure import functions as F
-from diffattr.measure.oracle import crn_draws
 from diffattr.models import build_unet
 
 T = 50

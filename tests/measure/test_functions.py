@@ -10,8 +10,9 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from diffattr.diffusion import Schedule, sample
-from diffattr.measure import crn_draws, measure_samples
+from diffattr.diffusion.draws import crn_draws
 from diffattr.measure import functions as F
+from diffattr.measure import measure_samples
 
 D_SHAPE = (1, 4, 4)
 
@@ -169,7 +170,7 @@ def test_timestep_losses_have_their_own_draws_and_crn_is_an_option():
     """Each timestep loss averages measure.timestep_mc_samples draws of its own stream; with common random numbers
     off, every model id gets independent draws (identical models then differ by estimator noise only)."""
     from diffattr.diffusion.ddpm import eps_fn
-    from diffattr.measure.oracle import model_key, timestep_draws
+    from diffattr.diffusion.draws import model_key, timestep_draws
     from diffattr.models import build_unet
 
     T = 20

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from diffattr.config import validate_config
+from diffattr.queries import queries
 from diffattr.scores import read_scores
+from diffattr.scores.base import ImageInputs, write_score_files
 from diffattr.scores.clip import (
     clip_similarity,
-    compute_clip_scores,
     load_clip,
     load_open_clip,
     load_transformers_clip,
+    score_clip,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -85,8 +87,9 @@ def test_score_files_have_the_common_format(tmp_path: Path):
     cfg = validate_config({"experiment": "t", "influence": {"measurements": ["loss", "elbo"]},
                            "evaluate": {"methods": ["clip"]}})
     train, samples = _write_inputs(tmp_path, n=7, s=3)
-    compute_clip_scores(cfg, train, samples, tmp_path / "scores", embedder=load_transformers_clip(None, model=tiny_clip_model()),
-                        progress=False)
+    files, _ = score_clip({"clip": cfg["clip"]}, ImageInputs.load(train, samples), queries(["loss", "elbo"], []),
+                          progress=False, embedder=load_transformers_clip(None, model=tiny_clip_model()))
+    write_score_files(files, [tmp_path / "scores/clip" / f"{m}.h5" for m in ("loss", "elbo")], {})
     loss, elbo = (read_scores(tmp_path / "scores/clip" / f"{m}.h5") for m in ("loss", "elbo"))
     assert loss["scores"].shape == (1, 3, 7) and loss["scores"].dtype == np.float32
     assert np.isnan(loss["dampings"]).all() and loss.attrs["method"] == "clip"

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from diffattr.curvature import FlatEps, example_draws, kfac_parameters, noisy_inputs
+from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.diffusion import Schedule
+from diffattr.diffusion.draws import example_draws, noisy_inputs
 from diffattr.gradients import training_gradients
 from diffattr.models import build_unet
 from diffattr.scores.trak import make_projector, project, trak_scores

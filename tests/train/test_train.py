@@ -4,10 +4,10 @@ import torch
 
 from diffattr.config import validate_config
 from diffattr.data import load_digits
+from diffattr.data.space import to_model_space
 from diffattr.diffusion import Schedule
 from diffattr.models import build_unet
 from diffattr.train import TrainingDiverged, model_spec, train
-from diffattr.train.loop import to_model_space
 
 
 @pytest.fixture(scope="module")

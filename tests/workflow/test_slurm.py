@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.conftest import run_snakemake
 
 GPU_RULES = {"train_model", "sample_images", "measure_model", "fit_curvature", "compute_kfac_scores",
-             "compute_trak_scores", "compute_dtrak_scores", "compute_clip_scores"}
+             "compute_scores"}
 STUBS = {
     # the plugin calls sbatch concurrently: the job-id counter is incremented under a lock (an unlocked
     # read-increment-write once printed no id under load, which made Snakemake give up submitting)

@@ -58,8 +58,8 @@ def test_measurements_for_every_model(smoke_study):
 
 def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
     from diffattr.curvature import load_curvature
+    from diffattr.queries import query_names
     from diffattr.scores import read_scores
-    from diffattr.scores.influence import query_specs
 
     icfg = SMOKE["influence"]
     names = configured_variants(SMOKE)
@@ -67,7 +67,7 @@ def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
     for name in names:
         curv = load_curvature(smoke_study / f"curvature/{name}.h5")
         assert curv.args["mc_samples"] == icfg["curvature_mc_samples"] and curv.variant.name == name
-        for measurement, _, _ in query_specs(icfg["measurements"], SMOKE["measure"]["timesteps"]):
+        for measurement in query_names(icfg["measurements"], SMOKE["measure"]["timesteps"]):
             art = read_scores(smoke_study / f"scores/{name}/{measurement}.h5")
             assert art["scores"].shape == (len(icfg["dampings"]), SMOKE["sample"]["n_samples"], n_train)
             assert art["scores"].dtype == np.float32 and np.isfinite(art["scores"]).all()
@@ -77,19 +77,24 @@ def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
 
 def test_kfac_scores_in_several_bank_passes_equal_the_pipeline_scores(smoke_study, tmp_path, caplog):
     """A query bank larger than influence.bank_memory_mb is scored in passes; the scores do not change."""
+    from diffattr.queries import query_names
     from diffattr.scores import read_scores
-    from diffattr.scores.influence import compute_kfac_scores
+    from diffattr.stages.influence import compute_kfac_scores
+    from tests.conftest import paths
 
     names = configured_variants(SMOKE)
-    cfg = {**SMOKE, "influence": {**SMOKE["influence"], "bank_memory_mb": 1}}  # about one sample per pass
-    out = compute_kfac_scores(cfg, smoke_study / "models/full", smoke_study / "data/train.h5",
-                              smoke_study / "samples/samples.h5",
-                              [smoke_study / f"curvature/{n}.h5" for n in names], tmp_path, progress=False)
-    assert out["passes"] > 1 and "passes over the training set" in caplog.text
+    queries = query_names(SMOKE["influence"]["measurements"], SMOKE["measure"]["timesteps"])
+    influence = {**SMOKE["influence"], "bank_memory_mb": 1}  # about one sample per pass
+    compute_kfac_scores(
+        paths(model=[smoke_study / "models/full/config.json"], train=smoke_study / "data/train.h5",
+              samples=smoke_study / "samples/samples.h5", curvatures=[smoke_study / f"curvature/{n}.h5" for n in names]),
+        paths(scores=[tmp_path / n / f"{q}.h5" for n in names for q in queries]),
+        queries=queries, influence=influence, diffusion=SMOKE["diffusion"], hflip=SMOKE["train"]["hflip"], device="cpu")
+    assert "passes over the training set" in caplog.text
     for name in names:
         for path in (smoke_study / f"scores/{name}").glob("*.h5"):
             want, got = read_scores(path)["scores"], read_scores(tmp_path / name / path.name)
-            assert got.attrs["bank_passes"] == out["passes"]
+            assert json.loads(got.attrs["timings"])["passes"] > 1
             # Same draws and maths; only float32 rounding differs (other batch shapes), which int8 rounding and
             # λ = 1e-8 amplify to about 1e-3 of the largest score. Wrong draws or misplaced samples move scores
             # by tens of per cent.
@@ -150,7 +155,7 @@ def test_report_builds(smoke_study):
 
 
 def test_counterfactual_retraining(smoke_study):
-    from diffattr.config import counterfactual_plan
+    from diffattr.evaluate.counterfactual import counterfactual_plan
     from diffattr.io import read_h5
 
     plan = counterfactual_plan(SMOKE)

@@ -1,6 +1,6 @@
 """K-FAC / EK-FAC curvature (curvlinops): fitting, storage, damped preconditioning."""
 
-from diffattr.curvature.draws import FlatEps, example_draws, kfac_parameters, noisy_inputs
+from diffattr.curvature.data import FlatEps, kfac_parameters
 from diffattr.curvature.kfac import (
     Approx,
     Curvature,
@@ -9,7 +9,6 @@ from diffattr.curvature.kfac import (
     build_operator,
     curvature_from_operator,
     fit_curvature,
-    fit_curvature_stage,
     load_curvature,
     save_curvature,
 )
@@ -22,11 +21,8 @@ __all__ = [
     "Variant",
     "build_operator",
     "curvature_from_operator",
-    "example_draws",
     "fit_curvature",
-    "fit_curvature_stage",
     "kfac_parameters",
     "load_curvature",
-    "noisy_inputs",
     "save_curvature",
 ]

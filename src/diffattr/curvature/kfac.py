@@ -21,7 +21,7 @@ The two GGNs differ in what a data point is (paper appendix G.3, G.8):
     G = (1/N) Σ ḡ_n ḡ_nᵀ. Not a rescaled per-draw reduce (that averages within each draw only); it is exact
     where the per-draw one is not, e.g. for one example whose layer input does not change across draws (tested).
 
-Vectors are flattened over the K-FAC parameters (:func:`~diffattr.curvature.draws.kfac_parameters` order), each
+Vectors are flattened over the K-FAC parameters (:func:`~diffattr.curvature.data.kfac_parameters` order), each
 parameter row-major (a conv weight ``[out, in, kh, kw]`` as ``[out, in·kh·kw]``), ``[n, P]``.
 """
 
@@ -42,9 +42,9 @@ from einops import rearrange
 from torch import nn
 
 from diffattr.config import variant_name
-from diffattr.curvature.draws import CurvatureData, FlatEps, kfac_parameters
+from diffattr.curvature.data import CurvatureData, FlatEps, kfac_parameters
 from diffattr.diffusion import Schedule
-from diffattr.io import read_h5, write_h5
+from diffattr.io import PROVENANCE_ATTRS, read_h5, write_h5
 
 log = logging.getLogger(__name__)
 
@@ -433,26 +433,5 @@ def load_curvature(path: str | Path) -> Curvature:
         corr = {i: torch.from_numpy(art[f"{g}/corrected_{i}"]) for i in pos.values() if f"{g}/corrected_{i}" in art.data}
         layers.append(Layer(str(module), pos, get("A"), get("G"), get("QA"), get("LA"), get("QG"), get("LG"), corr))
     variant = Variant.from_name(art.attrs["variant"])
-    args = {k: v for k, v in art.attrs.items() if k not in {"diffattr_version", "git_commit", "config_json", "schema_version"}}
+    args = {k: v for k, v in art.attrs.items() if k not in PROVENANCE_ATTRS}
     return Curvature(variant, layers, [str(s) for s in art["param_names"]], shapes, args)
-
-
-def fit_curvature_stage(
-    config: Mapping[str, Any], name: str, model_dir: str | Path, train_path: str | Path, out: str | Path, device: str = "cpu"
-) -> Path:
-    """Stage ``fit_curvature``: fit the variant ``name`` on the full model and write ``curvature/{name}.h5``."""
-    from diffattr.data import read_train
-    from diffattr.models import load_model
-    from diffattr.train.loop import to_model_space
-
-    icfg = config["influence"]
-    variant = Variant.from_name(name)
-    model = load_model(model_dir, device)
-    images = to_model_space(read_train(train_path)["images"]).to(device)
-    schedule = Schedule.from_config(config["diffusion"])
-    curv = fit_curvature(
-        model, images, schedule, variant, icfg["curvature_mc_samples"], icfg["batch_size"], icfg["seed"],
-        hflip=bool(config["train"]["hflip"]), device=device,
-    )
-    log.info("fitted %s: %d layers, %d parameters", name, len(curv.layers), sum(curv.sizes))
-    return save_curvature(curv, out, config={"influence": dict(icfg), "diffusion": dict(config["diffusion"])})

@@ -1,6 +1,6 @@
 """Data sources, the training-set artefact and random subsets."""
 
-from diffattr.data.dataset import prepare_dataset, read_train, select
+from diffattr.data.dataset import load_source, read_train, select, write_train
 from diffattr.data.sources import (
     DataError,
     RawImages,
@@ -9,7 +9,7 @@ from diffattr.data.sources import (
     load_digits,
     load_image_folder,
 )
-from diffattr.data.subsets import draw_subsets, make_subsets, read_subsets
+from diffattr.data.subsets import draw_subsets, read_subsets
 
 __all__ = [
     "DataError",
@@ -19,9 +19,9 @@ __all__ = [
     "load_cifar10_python",
     "load_digits",
     "load_image_folder",
-    "make_subsets",
-    "prepare_dataset",
+    "load_source",
     "read_subsets",
     "read_train",
     "select",
+    "write_train",
 ]

@@ -57,16 +57,12 @@ def select(raw: RawImages, classes: list[str] | None, per_class: int | None, see
     return RawImages(raw.images[order], np.concatenate(labels), raw.source_index[order], names)
 
 
-def prepare_dataset(data_cfg: Mapping[str, Any], out: str | Path) -> Path:
-    """Build ``train.h5`` from the ``data`` section of a config.
+def write_train(ds: RawImages, out: str | Path, data_cfg: Mapping[str, Any]) -> Path:
+    """Write the training set ``train.h5`` (with the ``data`` section that made it).
 
     Datasets: ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 ``[N]`` (index into ``class_names``),
     ``source_index`` int64 ``[N]``, ``class_names`` str ``[n_classes]``.
     """
-    raw = load_source(data_cfg)
-    ds = select(raw, data_cfg.get("classes"), data_cfg.get("per_class"), data_cfg["seed"])
-    counts = {n: int((ds.labels == i).sum()) for i, n in enumerate(ds.class_names)}
-    log.info("training set: %d images %s, classes %s", len(ds.images), ds.images.shape[1:], counts)
     return write_h5(
         out,
         {

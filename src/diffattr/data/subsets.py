@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from diffattr.data.sources import DataError
-from diffattr.io import Artefact, read_h5, write_h5
+from diffattr.io import Artefact, read_h5
 
 
 def draw_subsets(n_train: int, n_subsets: int, fraction: float, seeds_per_subset: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,14 +32,6 @@ def draw_subsets(n_train: int, n_subsets: int, fraction: float, seeds_per_subset
         masks[m, rng.choice(n_train, size=size, replace=False)] = True
     seeds = rng.choice(2**31 - 1, size=n_subsets * seeds_per_subset, replace=False).reshape(n_subsets, seeds_per_subset)
     return masks, seeds.astype(np.int64)
-
-
-def make_subsets(subsets_cfg: Mapping[str, Any], train_path: str | Path, out: str | Path) -> Path:
-    """Write ``subsets.h5`` from the ``subsets`` config section: ``masks`` bool ``[M, N]``, ``seeds`` int64 ``[M, K]``."""
-    n = read_h5(train_path, expect={"labels": (None,)}, names=["labels"])["labels"].shape[0]
-    s = subsets_cfg
-    masks, seeds = draw_subsets(n, s["n_subsets"], s["fraction"], s["seeds_per_subset"], s["seed"])
-    return write_h5(out, {"masks": masks, "seeds": seeds}, config={"subsets": dict(s)}, attrs={"n_train": n})
 
 
 def read_subsets(path: str | Path) -> Artefact:

@@ -8,17 +8,33 @@ removing a random fraction p.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import sem
 
-from diffattr.config import counterfactual_plan
-from diffattr.io import atomic_path, read_h5, write_h5
-from diffattr.scores import read_scores, target_sign
+from diffattr.io import Artefact
+from diffattr.scores.io import damping_index, target_sign
+from diffattr.scores.registry import counterfactual_methods
+
+
+def counterfactual_plan(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The retraining runs of the counterfactual evaluation, one per row (model id ``cf<row>``).
+
+    For each of the first ``evaluate.counterfactual_samples`` samples, each counterfactual method
+    (:func:`~diffattr.scores.registry.counterfactual_methods`: the first K-FAC variant, TRAK, D-TRAK) and each
+    fraction: remove that method's top fraction of training examples for the sample's loss. Plus one random removal
+    per fraction (shared by all samples).
+    """
+    ev = config["evaluate"]
+    methods = counterfactual_methods(config)
+    rows = [{"method": "random", "sample": -1, "fraction": float(p)} for p in ev["counterfactual_fractions"]]
+    for s in range(min(ev["counterfactual_samples"], config["sample"]["n_samples"])):
+        for m in methods:
+            rows.extend({"method": m, "sample": s, "fraction": float(p)} for p in ev["counterfactual_fractions"])
+    return rows
 
 
 def top_fraction_removed(scores: np.ndarray, fraction: float) -> np.ndarray:
@@ -30,22 +46,20 @@ def top_fraction_removed(scores: np.ndarray, fraction: float) -> np.ndarray:
     return keep
 
 
-def select_removals(
-    config: Mapping[str, Any], lds_json: str | Path, score_paths: Sequence[str | Path], out: str | Path
-) -> Path:
-    """Write ``counterfactual/removals.h5``: ``masks`` bool ``[n_runs, N]`` (True = kept) with the plan's rows.
+def removal_masks(
+    plan: Sequence[Mapping[str, Any]], loss_scores: Mapping[str, Artefact], best_damping: Mapping[str, float], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kept-masks ``[n_runs, N]`` (True = kept) of the plan's rows and the damping each method used.
 
-    Methods use their best damping on the loss LDS (paper appendix G.3); random removals use ``evaluate`` seed 0.
+    Methods use the damping of their best loss LDS (paper appendix G.3), their scores oriented as predicted increases
+    of the loss; random removals draw from seed 0.
+
+    Args:
+        plan: :func:`counterfactual_plan` rows.
+        loss_scores: Each method's score file for the loss measurement.
+        best_damping: Each method's best damping on the loss LDS.
+        n: Training-set size.
     """
-    plan = counterfactual_plan(config)
-    summary = json.loads(Path(lds_json).read_text())
-    best = {r["method"]: r["best"]["damping"] for r in summary["results"] if r["scores"] == r["target"] == "loss"}
-    by_method = {}
-    for p in score_paths:
-        art = read_scores(p)
-        if art.attrs["measurement"] == "loss":
-            by_method[art.attrs["method"]] = art
-    n = summary["n_train"]
     rng = np.random.default_rng(0)
     masks, dampings = [], []
     for row in plan:
@@ -54,27 +68,23 @@ def select_removals(
             keep[rng.choice(n, math.ceil(row["fraction"] * n), replace=False)] = False
             dampings.append(float("nan"))
         else:
-            art = by_method[row["method"]]
-            d = int(np.argmin(np.abs(np.log(art["dampings"]) - np.log(best[row["method"]]))))
+            art = loss_scores[row["method"]]
+            d = damping_index(art["dampings"], best_damping[row["method"]])
             keep = top_fraction_removed(target_sign(art, "loss") * art["scores"][d, row["sample"]], row["fraction"])
             dampings.append(float(art["dampings"][d]))
         masks.append(keep)
-    return write_h5(
-        out,
-        {"masks": np.stack(masks), "method": np.asarray([r["method"] for r in plan]),
-         "sample": np.asarray([r["sample"] for r in plan], dtype=np.int64),
-         "fraction": np.asarray([r["fraction"] for r in plan]), "damping": np.asarray(dampings)},
-        config={"evaluate": dict(config["evaluate"])},
-    )
+    return np.stack(masks), np.asarray(dampings)
 
 
-def summarize_counterfactual(
-    removals_path: str | Path, full_measurement: str | Path, cf_measurements: Sequence[str | Path], out_json: str | Path
-) -> dict[str, Any]:
-    """Change of the loss on each sample after retraining without each removal set -> ``counterfactual.json``."""
-    rem = read_h5(removals_path)
-    full = read_h5(full_measurement)["loss"]
-    per_run = [read_h5(p)["loss"] for p in cf_measurements]
+def summarize(removals: Artefact, full_loss: np.ndarray, run_losses: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Change of the loss on each sample after retraining without each removal set (``counterfactual.json``).
+
+    Args:
+        removals: ``removals.h5`` (masks, method, sample, fraction per run).
+        full_loss: The full model's loss on every sample ``[S]``.
+        run_losses: Each retrained model's loss on every sample ``[S]``, in run order.
+    """
+    rem, full = removals, full_loss
     rows = []
     fractions = sorted(set(rem["fraction"].tolist()))
     samples = sorted(s for s in set(rem["sample"].tolist()) if s >= 0)
@@ -83,15 +93,12 @@ def summarize_counterfactual(
         for i in targets:
             rows.append({"method": str(method), "sample": i, "fraction": float(p),
                          "removed": int((~rem["masks"][r]).sum()),
-                         "loss_full": float(full[i]), "loss_retrained": float(per_run[r][i]),
-                         "change": float(per_run[r][i] - full[i])})
+                         "loss_full": float(full[i]), "loss_retrained": float(run_losses[r][i]),
+                         "change": float(run_losses[r][i] - full[i])})
     summary: dict[str, Any] = {"runs": rows, "mean_change": {}}
     for p in fractions:
         for method in sorted({x["method"] for x in rows}):
             ch = [x["change"] for x in rows if x["method"] == method and x["fraction"] == p]
             summary["mean_change"].setdefault(f"{p:g}", {})[method] = {
-                "mean": float(np.mean(ch)), "se": float(np.std(ch, ddof=1) / np.sqrt(len(ch))) if len(ch) > 1 else None,
-                "n": len(ch)}
-    with atomic_path(out_json) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+                "mean": float(np.mean(ch)), "se": float(sem(ch)) if len(ch) > 1 else None, "n": len(ch)}
     return summary

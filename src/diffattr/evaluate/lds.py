@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import sem, spearmanr
+
+from diffattr.io import Artefact
+from diffattr.queries import parse_query
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class LDSResult:
     @property
     def se(self) -> float:
         x = self.per_sample[np.isfinite(self.per_sample)]
-        return float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+        return float(sem(x)) if len(x) > 1 else float("nan")
 
 
 def spearman_per_column(pred: np.ndarray, actual: np.ndarray) -> np.ndarray:
@@ -56,6 +59,21 @@ def predicted_changes(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
     n = masks.shape[1]
     removed = (~masks).astype(scores.dtype)
     return np.einsum("...sn,mn->...ms", scores, removed) / n
+
+
+def target_values(meas: Artefact, target: str) -> np.ndarray:
+    """Per-model values ``[n_models, S]`` of a target (``loss``, ``elbo``, ``trajectory``, ``timestep_loss_t<k>``)
+    from ``measurements.h5``."""
+    query = parse_query(target)
+    if query.timestep is not None:
+        steps = [int(s) for s in meas["timesteps"]]
+        if query.measurement not in meas.data or query.timestep not in steps:
+            have = steps if query.measurement in meas.data else "none"
+            raise ValueError(f"target {target!r}: measurements.h5 has timestep losses at {have}")
+        return meas[query.measurement][:, :, steps.index(query.timestep)]
+    if target not in meas.data:
+        raise ValueError(f"target {target!r} was not measured (measure.measurements); have {sorted(meas.data)}")
+    return meas[target]
 
 
 def actual_by_subset(values: np.ndarray, subset: np.ndarray, seed_index: np.ndarray, n_subsets: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 - Training gradients: ∇_θ ℓ(θ, x_j) with ℓ the diffusion loss averaged over ``mc_samples`` (t, ε[, flip]) draws
   per example (``output="loss"``), or over the D-TRAK output ||ε_θ(x_t, t)||² (``output="square_norm"``).
-  Example ``j`` always gets the draws of :func:`diffattr.curvature.example_draws` for the seed.
+  Example ``j`` always gets the draws of :func:`diffattr.diffusion.draws.example_draws` for the seed.
 - Measurement gradients: ∇_θ m(θ, x) of the measurement functions of :mod:`diffattr.measure.functions`
   (the same definitions the oracles evaluate), with their own Monte-Carlo draws per sample.
 
@@ -18,11 +18,11 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffattr.curvature.draws import FlatEps, example_draws, kfac_parameters, noisy_inputs
+from diffattr.curvature.data import FlatEps, kfac_parameters
 from diffattr.diffusion import Schedule
 from diffattr.diffusion.ddpm import EpsModel
+from diffattr.diffusion.draws import crn_draws, example_draws, noisy, noisy_inputs
 from diffattr.measure import functions as F
-from diffattr.measure.oracle import crn_draws
 
 OUTPUTS = ("loss", "square_norm")
 
@@ -77,7 +77,7 @@ def _measurement_fn(
     if output == "square_norm":
         if measurement != "loss":
             raise ValueError("the square-norm output replaces the loss measurement only")
-        return lambda model, x0, t, eps, traj: F._flat_eps(model, F._noisy(schedule, x0, t, eps), t).pow(2).flatten(2).sum(-1).mean()
+        return lambda model, x0, t, eps, traj: F._flat_eps(model, noisy(schedule, x0, t, eps), t).pow(2).flatten(2).sum(-1).mean()
     if measurement == "loss":
         return lambda model, x0, t, eps, traj: F.loss(model, schedule, x0, t, eps).mean()
     if measurement == "elbo":

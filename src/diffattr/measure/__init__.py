@@ -10,22 +10,13 @@ from diffattr.measure.functions import (
     timestep_loss,
     trajectory,
 )
-from diffattr.measure.oracle import (
-    crn_draws,
-    gather_measurements,
-    measure_model,
-    measure_samples,
-    read_measurements,
-)
+from diffattr.measure.oracle import measure_samples, read_measurements
 
 __all__ = [
     "MEASUREMENTS",
     "ORIENTATION",
-    "crn_draws",
     "elbo",
-    "gather_measurements",
     "loss",
-    "measure_model",
     "measure_samples",
     "orientation",
     "read_measurements",

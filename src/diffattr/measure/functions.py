@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from diffattr.diffusion import Schedule
+from diffattr.diffusion.draws import noisy
+from diffattr.queries import parse_query
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,7 +51,7 @@ def orientation(quantity: str) -> int:
     Raises:
         ValueError: For a quantity without a declared orientation.
     """
-    base = "timestep_loss" if quantity.startswith("timestep_loss_t") else quantity
+    base = parse_query(quantity).measurement
     if base not in ORIENTATION:
         raise ValueError(f"no orientation declared for {quantity!r}; known: {sorted(ORIENTATION)}")
     return ORIENTATION[base]
@@ -70,12 +72,6 @@ def _flat_eps(eps_model: EpsModel, x: torch.Tensor, t: torch.Tensor) -> torch.Te
     return eps_model(x.flatten(0, 1), t.flatten()).reshape(x.shape)
 
 
-def _noisy(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x_t for every draw: x0 ``[B, C, H, W]``, t ``[B, n]``, eps ``[B, n, C, H, W]`` -> ``[B, n, C, H, W]``."""
-    x0_rep = x0.unsqueeze(1).expand_as(eps)
-    return schedule.q_sample(x0_rep.flatten(0, 1), t.flatten(), eps.flatten(0, 1)).reshape(eps.shape)
-
-
 def loss_from_pred(eps: torch.Tensor, eps_pred: torch.Tensor) -> torch.Tensor:
     """||ε - ε̂||² summed over the last three dims: ``[B, n, C, H, W]`` -> ``[B, n]``."""
     return (eps - eps_pred).pow(2).flatten(2).sum(-1)
@@ -91,7 +87,7 @@ def loss(eps_model: EpsModel, schedule: Schedule, x0: torch.Tensor, t: torch.Ten
         t: Time indices ``[B, n]``, uniform on 0..T-1.
         eps: Noise ``[B, n, C, H, W]``.
     """
-    return loss_from_pred(eps, _flat_eps(eps_model, _noisy(schedule, x0, t, eps), t))
+    return loss_from_pred(eps, _flat_eps(eps_model, noisy(schedule, x0, t, eps), t))
 
 
 def timestep_loss(
@@ -159,7 +155,7 @@ def elbo_from_pred(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, x_t: t
 
 def elbo(eps_model: EpsModel, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """ELBO estimator terms ``[B, n]`` in nats/dim (mean over n = the ELBO measurement). Shapes as :func:`loss`."""
-    x_t = _noisy(schedule, x0, t, eps)
+    x_t = noisy(schedule, x0, t, eps)
     return elbo_from_pred(schedule, x0, t, x_t, _flat_eps(eps_model, x_t, t))
 
 

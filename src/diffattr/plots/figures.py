@@ -23,13 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffattr.io import atomic_path  # noqa: E402
-
-LABELS = {"kfac_mc_expand": "K-FAC", "trak": "TRAK", "dtrak": "D-TRAK", "clip": "CLIP"}
-
-
-def label(method: str) -> str:
-    """Display name of a method (K-FAC variants other than the recommended one spelled out)."""
-    return LABELS.get(method, method.replace("_", " ").replace("kfac", "K-FAC").replace("ekfac", "EK-FAC"))
+from diffattr.queries import parse_query  # noqa: E402
+from diffattr.scores.registry import KFAC, label  # noqa: E402
 
 
 def _save(fig: plt.Figure, png: str | Path) -> None:
@@ -53,12 +48,17 @@ def _rows(summary: Mapping[str, Any], target: str, families: Sequence[str] | Non
 
 
 def lds_bars(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path) -> None:
-    """Fig. 2: best-damping LDS (bars, ± s.e.), default damping (dots), oracle (dashed), one panel per target."""
+    """Fig. 2: best-damping LDS (bars, ± s.e.), default damping (dots), oracle (dashed), one panel per target.
+
+    Of the K-FAC family only the first variant in the results (the first configured one) is shown; the variants
+    are compared in :func:`hessian_ablation`.
+    """
     targets = sorted({r["target"] for r in summary["results"]})
+    kfac = [r["method"] for r in summary["results"] if r["family"] == KFAC][:1]
     fig, axes = plt.subplots(1, len(targets), figsize=(4.8 * len(targets), 3.6), squeeze=False)
     rows = []
     for ax, target in zip(axes[0], targets, strict=True):
-        entries = [r for r in _rows(summary, target) if r["method"] in LABELS or r["family"] != "kfac"]
+        entries = [r for r in _rows(summary, target) if r["family"] != KFAC or r["method"] in kfac]
         entries.sort(key=lambda r: (r["scores"] != target, -(r["best"]["mean"] or -1)))
         names = [label(r["method"]) + ("" if r["scores"] == target else f"\n(m. {r['scores']})") for r in entries]
         best = [100 * (r["best"]["mean"] or 0) for r in entries]
@@ -115,7 +115,7 @@ def damping_curves(summary: Mapping[str, Any], png: str | Path, csv_path: str | 
 
 def hessian_ablation(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path, target: str = "loss") -> None:
     """Fig. 4: the K-FAC variants (expand/reduce x MC/empirical Fisher) on the loss measurement."""
-    entries = [r for r in _rows(summary, target, ["kfac"]) if r["scores"] == target]
+    entries = [r for r in _rows(summary, target, [KFAC]) if r["scores"] == target]
     entries.sort(key=lambda r: r["method"])
     fig, ax = plt.subplots(figsize=(1.3 * max(len(entries), 2) + 1, 3.4))
     x = np.arange(len(entries))
@@ -224,12 +224,12 @@ def counterfactual_bars(summary: Mapping[str, Any], png: str | Path, csv_path: s
 def timestep_matrix(summary: Mapping[str, Any], method: str, png: str | Path, csv_path: str | Path) -> None:
     """Fig. 11: best-damping LDS (%) of ``method`` for every (scores timestep, target timestep) pair."""
     entries = [r for r in summary["results"] if r["method"] == method
-               and r["scores"].startswith("timestep_loss_t") and r["target"].startswith("timestep_loss_t")]
-    steps = sorted({int(r["scores"].removeprefix("timestep_loss_t")) for r in entries})
+               and parse_query(r["scores"]).timestep is not None and parse_query(r["target"]).timestep is not None]
+    steps = sorted({parse_query(r["scores"]).timestep for r in entries})
     grid = np.full((len(steps), len(steps)), np.nan)
     for r in entries:
-        a = steps.index(int(r["scores"].removeprefix("timestep_loss_t")))
-        b = steps.index(int(r["target"].removeprefix("timestep_loss_t")))
+        a = steps.index(parse_query(r["scores"]).timestep)
+        b = steps.index(parse_query(r["target"]).timestep)
         grid[a, b] = 100 * (r["best"]["mean"] if r["best"]["mean"] is not None else np.nan)
     fig, ax = plt.subplots(figsize=(0.6 * len(steps) + 2, 0.55 * len(steps) + 1.5))
     im = ax.imshow(grid, cmap="viridis")

@@ -1,6 +1,8 @@
-"""Attribution scores: K-FAC influence (and, sharing their format, the baselines)."""
+"""Attribution scores: the one score format, the query bank, and every method behind the scoring seam
+(:mod:`diffattr.scores.base`; the list of methods is :mod:`diffattr.scores.registry`)."""
 
-from diffattr.scores.influence import QueryBank, influence_scores
-from diffattr.scores.io import read_scores, target_sign, write_scores
+from diffattr.scores.bank import QueryBank
+from diffattr.scores.influence import influence_scores
+from diffattr.scores.io import damping_index, read_scores, target_sign, write_scores
 
-__all__ = ["QueryBank", "influence_scores", "read_scores", "target_sign", "write_scores"]
+__all__ = ["QueryBank", "damping_index", "influence_scores", "read_scores", "target_sign", "write_scores"]

@@ -17,17 +17,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from diffattr.config import query_names
-from diffattr.scores.io import write_scores
+from diffattr.queries import Query
+from diffattr.scores.base import ImageInputs, ScoreFile
 
 log = logging.getLogger(__name__)
 
@@ -150,30 +150,30 @@ def clip_similarity(embed: ClipEmbedder, samples: torch.Tensor, train_images: to
     return embed(samples, batch_size) @ embed(train_images, batch_size, progress).T
 
 
-def compute_clip_scores(config: Mapping[str, Any], train_path: str | Path, samples_path: str | Path,
-                        out_dir: str | Path, device: str = "cpu", embedder: ClipEmbedder | None = None,
-                        progress: bool = True) -> dict[str, float]:
-    """Stage ``compute_clip_scores``: write ``out_dir/clip/{measurement}.h5`` (``[1, S, N]``, damping NaN).
+@dataclass
+class ClipArgs:
+    """CLIP arguments (the ``clip`` section)."""
 
-    Both inputs store uint8 images (``train.h5: images``, ``samples.h5: images``). ``embedder`` overrides the
-    configured model (tests). Returns the wall-time breakdown.
+    backend: str
+    model: str
+    weights: str | None
+    batch_size: int
+
+
+def score_clip(sections: Mapping[str, Any], inputs: ImageInputs, queries: Sequence[Query], progress: bool = True,
+               embedder: ClipEmbedder | None = None) -> tuple[list[ScoreFile], dict[str, float]]:
+    """Cosine similarities ``[1, S, N]`` (damping NaN), the same for every query (section: ``clip``).
+
+    ``embedder`` overrides the configured model (tests).
     """
-    from diffattr.data import read_train
-    from diffattr.sampling import read_samples
-
-    ccfg = config["clip"]
+    ccfg = sections["clip"]
+    args = ClipArgs(ccfg["backend"], ccfg["model"], None if ccfg["weights"] is None else str(ccfg["weights"]),
+                    int(ccfg["batch_size"]))
     t0 = time.perf_counter()
-    embed = embedder if embedder is not None else load_clip(ccfg, device)
+    embed = embedder if embedder is not None else load_clip(ccfg, inputs.device)
     timings = {"load": time.perf_counter() - t0}
-    images = torch.from_numpy(np.asarray(read_train(train_path)["images"])).float() / 255.0
-    samples = torch.from_numpy(np.asarray(read_samples(samples_path)["images"])).float() / 255.0
     t0 = time.perf_counter()
-    sim = clip_similarity(embed, samples, images, ccfg["batch_size"], progress).numpy()
+    sim = clip_similarity(embed, inputs.samples, inputs.images, args.batch_size, progress).numpy()
     timings["embed_and_score"] = time.perf_counter() - t0
-    for name in query_names(config["influence"]["measurements"], config["measure"]["timesteps"]):
-        write_scores(Path(out_dir) / "clip" / f"{name}.h5", sim[None], [math.nan], "clip", name, None,
-                     predicts="similarity", config={"clip": dict(ccfg)},
-                     attrs={"backend": ccfg["backend"], "model": ccfg["model"], "weights": str(ccfg["weights"]),
-                            "timings": timings})
     log.info("clip timings: %s", {k: round(v, 2) for k, v in timings.items()})
-    return timings
+    return [ScoreFile("clip", q.name, sim[None], [math.nan], None, "similarity", args) for q in queries], timings

@@ -70,6 +70,19 @@ def read_scores(path: str | Path) -> Artefact:
     return art
 
 
+def damping_index(dampings: Sequence[float] | np.ndarray, value: float) -> int:
+    """Index of the damping nearest to ``value`` on a log scale (the one rule for "the damping closest to λ").
+
+    A file with a single row (an undamped method: damping NaN) has index 0 for any value.
+    """
+    d = np.asarray(dampings, dtype=np.float64)
+    if d.shape[0] == 1:
+        return 0
+    if value is None or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"no damping near {value!r} among {d.tolist()}")
+    return int(np.argmin(np.abs(np.log(d) - np.log(value))))
+
+
 def target_sign(scores: Artefact, target: str) -> int:
     """±1 that orients a score file's scores as predicted increases of ``target`` (e.g. loss scores, ELBO: -1)."""
     return relative_sign(scores.attrs["predicts"], target)

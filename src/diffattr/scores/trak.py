@@ -7,7 +7,8 @@ expectation: φ = Pᵀ∇/√k, ``Φ`` ``[N, k]``.
 Scores: τ_j = φ(x)ᵀ (ΦᵀΦ/N + λI)⁻¹ φ(x_j). ΦᵀΦ/N is the projected empirical Fisher of the **data-set mean**
 loss (paper eq. 11), so λ is on the same scale as K-FAC's damping; :mod:`diffattr.scores.io` says how it maps
 onto the dampings of TRAK's own code and of the paper's figures. One float64 eigendecomposition of ΦᵀΦ/N serves
-every λ.
+every λ. Through the scoring seam: the training rows are the features rotated into that eigenbasis, ΦV, and each
+query's bank rows are φ(x)ᵀV / (e + λ), so the bank never grows with more than one rotation.
 
 D-TRAK: the same with the square-norm output ||ε_θ(x_t, t)||² in place of the loss, for the training and the
 query gradients.
@@ -19,22 +20,17 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from trak.projectors import BasicProjector, ProjectionType
 
-from diffattr.curvature import kfac_parameters
-from diffattr.gradients import measurement_gradients, training_gradients
-from diffattr.scores.influence import query_specs
-from diffattr.scores.inputs import AttributionInputs, gradient_seeds
-from diffattr.scores.io import write_scores
+from diffattr.queries import Query
+from diffattr.scores.base import GradientArgs, GradientInputs, ScoreFile, score_gradients
 
 log = logging.getLogger(__name__)
-
-METHODS = {"trak": "loss", "dtrak": "square_norm"}  # method -> gradient output
 
 
 # Training gradients projected per call: traker's BasicProjector regenerates its matrix blocks on every call, so
@@ -66,78 +62,102 @@ def project(projector, grads: torch.Tensor) -> torch.Tensor:
 def trak_scores(query: torch.Tensor, train: torch.Tensor, dampings: Sequence[float]) -> torch.Tensor:
     """φ_qᵀ (ΦᵀΦ/N + λI)⁻¹ φ_j for every λ, from one eigendecomposition: ``[n_damping, n_query, N]``.
 
+    The reference form (tests); the stages score through :class:`TrakPreconditioner` and the query bank.
+
     Args:
         query: Query features ``[n_query, k]``.
         train: Training features Φ ``[N, k]``.
         dampings: λ on the scale of the data-set-mean GGN.
     """
-    n = train.shape[0]
-    phi = train.double()
-    evals, evecs = torch.linalg.eigh(phi.T @ phi / n)
-    evals = evals.clamp(min=0)
-    q_rot, t_rot = query.double() @ evecs, phi @ evecs
-    return torch.stack([((q_rot / (evals + lam)) @ t_rot.T).float() for lam in dampings])
+    pre = TrakPreconditioner.fit(None, train, dampings)
+    return torch.stack([(r @ pre.train_rows.T).float() for r in pre.rotate(query)])
 
 
-def compute_trak_scores(
-    config: Mapping[str, Any],
-    method: str,
-    model_dir: str | Path,
-    train_path: str | Path,
-    samples_path: str | Path,
-    out_dir: str | Path,
-    device: str = "cpu",
-    progress: bool = True,
-) -> dict[str, float]:
-    """Stage ``compute_trak_scores`` / ``compute_dtrak_scores``: write ``out_dir/{method}/{measurement}.h5``.
+@dataclass
+class TrakArgs:
+    """TRAK / D-TRAK arguments (``trak`` section) and the gradients they project (``influence``)."""
 
-    The query gradients are those of each configured influence measurement (TRAK) or, for D-TRAK, of the
-    square-norm output for every measurement (Zheng et al.'s substitution). Returns the wall-time breakdown.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    output = METHODS[method]
-    tcfg, icfg = config["trak"], config["influence"]
-    seeds = gradient_seeds(icfg)  # the K-FAC path's draws
-    mc = icfg["gradient_mc_samples"]
-    inputs = AttributionInputs.load(config, model_dir, train_path, samples_path, device)
-    wrapper, schedule, images, samples, traj = (
-        inputs.wrapper, inputs.schedule, inputs.images, inputs.samples, inputs.trajectories)
-    grad_dim = sum(p.numel() for _, p in kfac_parameters(wrapper))
-    projector = make_projector(grad_dim, tcfg["projection_dim"], tcfg["seed"], device)
-    hflip = bool(config["train"]["hflip"])
-    timings: dict[str, float] = {}
+    gradients: GradientArgs
+    output: str  # the gradient's output: "loss" (TRAK) or "square_norm" (D-TRAK)
+    projection_dim: int
+    projection_seed: int
+    dampings: list[float]
+    default_damping: float
 
-    t0 = time.perf_counter()
-    n, bs = images.shape[0], max(icfg["batch_size"], TRAK_BLOCK)
+
+@dataclass
+class TrakPreconditioner:
+    """The projected kernel (ΦᵀΦ/N + λI)⁻¹ in its eigenbasis V: bank rows φ(x)ᵀV/(e + λ) (float64), training rows
+    ΦV (cached, so scoring does not recompute the training gradients)."""
+
+    projector: Any
+    evals: torch.Tensor
+    evecs: torch.Tensor
+    train_rows: torch.Tensor
+    dampings: Sequence[float]
+    group_sizes: None = None
+    compression: str = "none"
+    dtype: torch.dtype = torch.float64
+
+    @classmethod
+    def fit(cls, projector: Any, features: torch.Tensor, dampings: Sequence[float]) -> TrakPreconditioner:
+        """One float64 eigendecomposition of ΦᵀΦ/N from the training features ``[N, k]``."""
+        phi = features.double()
+        evals, evecs = torch.linalg.eigh(phi.T @ phi / phi.shape[0])
+        return cls(projector, evals.clamp(min=0), evecs, phi @ evecs, list(dampings))
+
+    @property
+    def width(self) -> int:
+        return self.evecs.shape[0]
+
+    def rotate(self, features: torch.Tensor) -> torch.Tensor:
+        """Query features ``[n, k]`` -> ``[n_damping, n, k]`` rows φᵀV/(e + λ)."""
+        q_rot = features.double() @ self.evecs
+        return torch.stack([q_rot / (self.evals + lam) for lam in self.dampings])
+
+    def precondition(self, query_grads: torch.Tensor) -> torch.Tensor:
+        return self.rotate(project(self.projector, query_grads))
+
+
+def train_features(inputs: GradientInputs, args: TrakArgs, projector: Any, progress: bool = True) -> torch.Tensor:
+    """Projected training gradients Φ ``[N, k]``, :data:`TRAK_BLOCK` examples per projector call."""
+    n, g = inputs.images.shape[0], args.gradients
+    bs = max(g.batch_size, TRAK_BLOCK)
     feats = []
-    for start in tqdm(range(0, n, bs), desc=f"{method} features", disable=not progress, mininterval=2):
+    for start in tqdm(range(0, n, bs), desc=f"{args.output} features", disable=not progress, mininterval=2):
         idx = torch.arange(start, min(start + bs, n))
-        grads = torch.cat([
-            training_gradients(wrapper, images[i], i, schedule, mc, seeds["train"], hflip, output)
-            for i in idx.split(icfg["batch_size"])
-        ])
+        grads = torch.cat([inputs.training_gradients(i, g, args.output) for i in idx.split(g.batch_size)])
         feats.append(project(projector, grads))
-    train_feats = torch.cat(feats)
-    timings["train_features"] = time.perf_counter() - t0
+    return torch.cat(feats)
 
+
+def _score(method: str, output: str, sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
+           progress: bool) -> tuple[list[ScoreFile], dict[str, float]]:
+    tcfg = sections["trak"]
+    args = TrakArgs(GradientArgs.from_sections(sections["influence"], sections["train.hflip"]), output,
+                    int(tcfg["projection_dim"]), int(tcfg["seed"]), list(tcfg["dampings"]), float(tcfg["default_damping"]))
+    device = inputs.images.device
+    projector = make_projector(inputs.n_params, args.projection_dim, args.projection_seed, device)
     t0 = time.perf_counter()
-    written = {}
-    for name, measurement, step in query_specs(icfg["measurements"], config["measure"]["timesteps"]):
-        if output == "square_norm":
-            q = measurement_gradients(wrapper, samples, "loss", schedule, mc, seeds["query"], output=output,
-                                      batch_size=icfg["batch_size"])
-        else:
-            q = measurement_gradients(wrapper, samples, measurement, schedule, mc, seeds["query"], step, traj,
-                                      batch_size=icfg["batch_size"])
-        written[name] = trak_scores(project(projector, q), train_feats, tcfg["dampings"]).cpu().numpy()
-    timings["query_features_and_scores"] = time.perf_counter() - t0
-    for name, scores in written.items():
-        write_scores(
-            Path(out_dir) / method / f"{name}.h5", scores, tcfg["dampings"], method, name, tcfg["default_damping"],
-            predicts="square_norm" if output == "square_norm" else name, config={"trak": dict(tcfg), "influence": dict(icfg)},
-            attrs={"projection_dim": tcfg["projection_dim"], "projector": type(projector).__name__,
-                   "gradient_output": output, "gradient_mc_samples": mc, "seeds": seeds, "timings": timings},
-        )
-    log.info("%s timings: %s", method, {k: round(v, 2) for k, v in timings.items()})
-    return timings
+    pre = TrakPreconditioner.fit(projector, train_features(inputs, args, projector, progress), args.dampings)
+    fit_s = time.perf_counter() - t0
+    scores, timings = score_gradients(
+        {method: pre}, queries, inputs.samples.shape[0],
+        lambda q, s0, s1: inputs.query_gradients(q, s0, s1, args.gradients, output),
+        lambda idx: pre.train_rows[idx.to(pre.train_rows.device)], inputs.images.shape[0], args.gradients, progress)
+    predicts = (lambda q: "square_norm") if output == "square_norm" else (lambda q: q.name)
+    files = [ScoreFile(method, q.name, scores[(method, q.name)], args.dampings, args.default_damping, predicts(q), args,
+                       {"projector": type(projector).__name__}) for q in queries]
+    return files, {"train_features": fit_s, **timings}
+
+
+def score_trak(sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
+               progress: bool = True) -> tuple[list[ScoreFile], dict[str, float]]:
+    """TRAK scores for every query (sections: ``trak``, ``influence``, ``train.hflip``)."""
+    return _score("trak", "loss", sections, inputs, queries, progress)
+
+
+def score_dtrak(sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
+                progress: bool = True) -> tuple[list[ScoreFile], dict[str, float]]:
+    """D-TRAK scores: the square-norm output's gradients for training examples and queries alike."""
+    return _score("dtrak", "square_norm", sections, inputs, queries, progress)

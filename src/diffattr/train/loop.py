@@ -17,14 +17,13 @@ way (corrupt, truncated, or carrying pickled objects) is moved aside with a warn
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,9 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from diffattr.data import read_subsets, read_train
 from diffattr.diffusion import Schedule, ddpm_loss
 from diffattr.diffusion.ddpm import eps_fn
-from diffattr.io import atomic_path, read_h5
-from diffattr.models import build_unet, save_model
+from diffattr.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +81,6 @@ def model_spec(model_id: str, train_cfg: Mapping[str, Any], seeds: np.ndarray | 
         shape = None if seeds is None else seeds.shape
         raise ValueError(f"model id {model_id!r} is outside the subsets file (seeds shape {shape})")
     return ModelSpec(model_id, m, k, int(seeds[m, k]), int(train_cfg["subset_steps"]))
-
-
-def to_model_space(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` -> float32 in [-1, 1]."""
-    return torch.from_numpy(images).float().div_(127.5).sub_(1.0)
 
 
 def _set_precision(precision: str) -> None:
@@ -254,56 +246,3 @@ def train(
         bar.close()
     ema.copy_to(model.parameters())
     return model.eval(), history
-
-
-def train_model(
-    config: Mapping[str, Any],
-    model_id: str,
-    train_path: str | Path,
-    subsets_path: str | Path,
-    out_dir: str | Path,
-    checkpoint: str | Path,
-    device: str = "cpu",
-    removals_path: str | Path | None = None,
-) -> Path:
-    """Train one model of the fleet and save it (EMA weights) with its loss curve and arguments.
-
-    Writes ``out_dir/config.json`` + ``diffusion_pytorch_model.safetensors`` (diffusers ``save_pretrained``),
-    ``out_dir/loss.csv`` (step, loss, lr) and ``out_dir/train_info.json`` (the arguments that made it).
-    The checkpoint file is deleted after the model is saved.
-    """
-    train_art = read_train(train_path)
-    seeds = read_subsets(subsets_path)["seeds"] if model_id.startswith("subset") else None
-    spec = model_spec(model_id, config["train"], seeds)
-    images = train_art["images"]
-    if spec.subset is not None:
-        images = images[read_subsets(subsets_path)["masks"][spec.subset]]
-    if spec.removal is not None:
-        if removals_path is None:
-            raise ValueError(f"model {model_id} needs the counterfactual removals file")
-        images = images[read_h5(removals_path, expect={"masks": (None, images.shape[0])})["masks"][spec.removal]]
-    n, c, h, w = images.shape
-    log.info("training %s on %d images %s: seed %d, %d steps, device %s", model_id, n, (c, h, w), spec.seed, spec.steps, device)
-    model = build_unet(config["model"]["preset"], in_channels=c, sample_size=h)
-    schedule = Schedule.from_config(config["diffusion"])
-    model, history = train(model, to_model_space(images), schedule, config["train"], spec.seed, spec.steps, checkpoint, device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, out_dir)
-    with atomic_path(out_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as f:
-        w_ = csv.writer(f)
-        w_.writerow(["step", "loss", "lr"])
-        w_.writerows(history)
-    info = {
-        **asdict(spec),
-        "n_train": n,
-        "preset": config["model"]["preset"],
-        "train": dict(config["train"]),
-        "diffusion": dict(config["diffusion"]),
-        "final_loss_mean_last_10pct": float(np.mean([h_[1] for h_ in history[-max(1, len(history) // 10):]])),
-    }
-    with atomic_path(out_dir / "train_info.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2))
-    Path(checkpoint).unlink(missing_ok=True)
-    log.info("saved %s (final loss %.4f)", out_dir, info["final_loss_mean_last_10pct"])
-    return out_dir

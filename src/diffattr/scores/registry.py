@@ -1,0 +1,111 @@
+"""The registry of attribution methods: the one list the workflow, the evaluation, the figures and the cost
+estimate read. Torch-free (the Snakefile imports it at parse time).
+
+K-FAC is a *family*: ``kfac`` in ``evaluate.methods`` means every configured curvature variant
+(``kfac_mc_expand``, ``ekfac_empirical_reduce``, …), all scored together by the rule ``compute_kfac_scores``.
+Every other method is one :class:`MethodInfo` here and is scored by the generic rule ``compute_scores``
+(``scores/{method}/{query}.h5``) through its scorer, a function ``(sections, inputs, queries, progress) ->
+(score files, timings)`` (see :mod:`diffattr.scores.base`).
+
+Adding a method: write its scorer module, add its entry below and its name to the ``evaluate.methods`` enum of
+the config schema. It then gets a rule job, LDS entries, figure bars, counterfactual retraining (if
+``counterfactual``) and a line in ``make estimate`` with no other edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from diffattr.config import configured_variants
+
+KFAC = "kfac"
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One attribution method.
+
+    Attributes:
+        name: Score-file folder, ``evaluate.methods`` value, wildcard of ``compute_scores``.
+        label: Display name in figures and tables.
+        scorer: ``module:function`` of its scorer (imported only when scoring).
+        sections: Config keys its arguments come from (dotted for a single key, e.g. ``train.hflip``); exactly
+            these are the ``args`` param of its ``compute_scores`` job.
+        needs_model: Scored from the full model's gradients (else from the images alone).
+        counterfactual: Evaluated by retraining without its top influences (paper Fig. 3).
+        gradient_passes: Passes over the training set's gradients (for ``make estimate``; 0 for similarities).
+    """
+
+    name: str
+    label: str
+    scorer: str
+    sections: tuple[str, ...]
+    needs_model: bool = True
+    counterfactual: bool = False
+    gradient_passes: int = 1
+
+    def load(self) -> Callable[..., Any]:
+        """The scorer function."""
+        module, function = self.scorer.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+_GRADIENTS = ("influence", "diffusion", "train.hflip")
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("trak", "TRAK", "diffattr.scores.trak:score_trak", ("trak", *_GRADIENTS), counterfactual=True),
+    MethodInfo("dtrak", "D-TRAK", "diffattr.scores.trak:score_dtrak", ("trak", *_GRADIENTS), counterfactual=True),
+    MethodInfo("graddot", "Gradient dot product", "diffattr.scores.graddot:score", _GRADIENTS),
+    MethodInfo("clip", "CLIP", "diffattr.scores.clip:score_clip", ("clip",), needs_model=False, gradient_passes=0),
+)}
+
+
+def method_sections(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config values a method declares (:attr:`MethodInfo.sections`), keyed by their dotted names."""
+    out = {}
+    for key in METHODS[name].sections:
+        value: Any = config
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out
+
+
+def is_kfac(method: str) -> bool:
+    """Whether a score method is a K-FAC variant (``kfac_…`` or ``ekfac_…``)."""
+    return method.split("_", 1)[0] in ("kfac", "ekfac")
+
+
+def family(method: str) -> str:
+    """``kfac`` for every (E)K-FAC variant, else the method name."""
+    return KFAC if is_kfac(method) else method
+
+
+def label(method: str) -> str:
+    """Display name: K-FAC variants spelled out (``K-FAC (mc, expand)``, ``EK-FAC (empirical, reduce)``), the
+    recommended ``kfac_mc_expand`` plain ``K-FAC``."""
+    if method in METHODS:
+        return METHODS[method].label
+    if is_kfac(method):
+        kind, fisher, approx = method.split("_")
+        name = "EK-FAC" if kind == "ekfac" else "K-FAC"
+        return name if method == "kfac_mc_expand" else f"{name} ({fisher}, {approx})"
+    return method
+
+
+def evaluated_methods(config: Mapping[str, Any]) -> list[str]:
+    """Score methods of ``evaluate.methods``: every K-FAC variant for ``kfac``, then the others in registry order."""
+    families = config["evaluate"]["methods"]
+    kfac = configured_variants(config) if KFAC in families else []
+    return kfac + [m for m in METHODS if m in families]
+
+
+def counterfactual_methods(config: Mapping[str, Any]) -> list[str]:
+    """Methods retrained against in the counterfactual evaluation: the first K-FAC variant, then every evaluated
+    method marked ``counterfactual``."""
+    families = config["evaluate"]["methods"]
+    out = [configured_variants(config)[0]] if KFAC in families else []
+    return out + [m for m in METHODS if m in families and METHODS[m].counterfactual]

@@ -1,0 +1,116 @@
+"""Stages of ``rules/train.smk``: one model of the fleet, and the samples of the full model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffattr.data import read_subsets, read_train
+from diffattr.data.space import to_model_space, to_uint8
+from diffattr.diffusion import Schedule, ddpm
+from diffattr.io import atomic_path, read_h5, write_h5
+from diffattr.models import build_unet, load_model, save_model
+from diffattr.plots import save_image_grid
+from diffattr.runtime import select_device
+from diffattr.stages import Paths, model_dir
+from diffattr.train import loop as training
+
+log = logging.getLogger(__name__)
+
+
+def train_model(
+    input: Paths,
+    output: Paths,
+    *,
+    model_id: str,
+    checkpoint: str,
+    model: Mapping[str, Any],
+    train: Mapping[str, Any],
+    diffusion: Mapping[str, Any],
+    device: str,
+) -> None:
+    """Train model ``model_id`` (``full``, ``subset{m}_seed{k}``, ``cf{r}``) and save its EMA weights.
+
+    Inputs: ``train`` (train.h5), ``subsets`` (subsets.h5), ``removals`` (counterfactual runs only).
+    Outputs: ``config`` + ``weights`` (diffusers ``save_pretrained``), ``loss`` (loss.csv: step, loss, lr) and
+    ``info`` (train_info.json: the arguments that made it). The checkpoint is deleted once the model is saved.
+    """
+    device = select_device(device)
+    model_cfg, train_cfg = model, train
+    images = read_train(input.train)["images"]
+    subsets = read_subsets(input.subsets) if model_id.startswith("subset") else None
+    spec = training.model_spec(model_id, train_cfg, None if subsets is None else subsets["seeds"])
+    if spec.subset is not None:
+        images = images[subsets["masks"][spec.subset]]
+    if spec.removal is not None:
+        removals = getattr(input, "removals", None)
+        if removals is None:
+            raise ValueError(f"model {model_id} needs the counterfactual removals file")
+        images = images[read_h5(removals, expect={"masks": (None, images.shape[0])})["masks"][spec.removal]]
+    n, c, h, w = images.shape
+    log.info("training %s on %d images %s: seed %d, %d steps, device %s", model_id, n, (c, h, w), spec.seed,
+             spec.steps, device)
+    net = build_unet(model_cfg["preset"], in_channels=c, sample_size=h)
+    net, history = training.train(net, to_model_space(images), Schedule.from_config(diffusion), train_cfg, spec.seed,
+                         spec.steps, checkpoint, device)
+    out_dir = model_dir([output.config, output.weights, output.loss, output.info])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(net, out_dir)
+    with atomic_path(output.loss) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss", "lr"])
+        writer.writerows(history)
+    info = {
+        **asdict(spec),
+        "n_train": n,
+        "preset": model_cfg["preset"],
+        "train": dict(train_cfg),
+        "diffusion": dict(diffusion),
+        "final_loss_mean_last_10pct": float(np.mean([r[1] for r in history[-max(1, len(history) // 10):]])),
+    }
+    with atomic_path(output.info) as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
+    Path(checkpoint).unlink(missing_ok=True)
+    log.info("saved %s (final loss %.4f)", out_dir, info["final_loss_mean_last_10pct"])
+
+
+def sample_images(
+    input: Paths, output: Paths, *, sample: Mapping[str, Any], diffusion: Mapping[str, Any], device: str
+) -> None:
+    """``samples.h5`` and its PNG grid: ``sample.n_samples`` ancestral samples of the full model.
+
+    Datasets: ``samples`` float32 ``[S, C, H, W]`` (model space, [-1, 1] up to sampling noise), ``images`` uint8
+    ``[S, C, H, W]``, ``x_T`` float32 ``[S, C, H, W]`` and, if ``sample.store_trajectories``, ``trajectories``
+    float32 ``[S, T + 1, C, H, W]`` (index 0 = x_T, index T = the sample).
+    """
+    device = select_device(device)
+    source = model_dir(input.model)
+    net = load_model(source, device)
+    schedule = Schedule.from_config(diffusion)
+    c, size = net.config.in_channels, net.config.sample_size
+    gen = torch.Generator().manual_seed(sample["seed"])
+    xs, x_ts, trajs = [], [], []
+    for start in range(0, sample["n_samples"], sample["batch_size"]):
+        b = min(sample["batch_size"], sample["n_samples"] - start)
+        x0, x_T, traj = ddpm.sample(ddpm.eps_fn(net), schedule, (b, c, size, size), gen, device, sample["store_trajectories"])
+        xs.append(x0.cpu())
+        x_ts.append(x_T)
+        if traj is not None:
+            trajs.append(traj)
+        log.info("sampled %d/%d", start + b, sample["n_samples"])
+    samples = torch.cat(xs).numpy().astype(np.float32)
+    data = {"samples": samples, "images": to_uint8(samples), "x_T": torch.cat(x_ts).numpy().astype(np.float32)}
+    if trajs:
+        data["trajectories"] = torch.cat(trajs).numpy().astype(np.float32)
+    write_h5(output.samples, data, config={"sample": dict(sample), "diffusion": dict(diffusion)},
+             attrs={"model_dir": str(source), "num_timesteps": schedule.num_timesteps})
+    save_image_grid(data["images"], output.grid)
+
