@@ -37,11 +37,11 @@ resume: $(STAMP)
 	$(VENV)/bin/snakemake --unlock --configfile $(EXP_CONFIG)
 	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete --configfile $(EXP_CONFIG)
 
-## The test suite without GPU and slow tests (what CI runs).
+## The test suite without GPU tests (what CI runs): unit tests, the smoke study through real Snakemake, DVC, SLURM.
 test: $(STAMP)
-	$(VENV)/bin/pytest -m "not gpu and not slow"
+	$(VENV)/bin/pytest -m "not gpu"
 
-## Every test, including slow ones (and GPU ones where CUDA is present).
+## Every test, GPU ones included (they skip without CUDA).
 test-all: $(STAMP)
 	$(VENV)/bin/pytest
 

@@ -82,3 +82,13 @@ def test_paper_configs_request_enough_wall_time_for_their_estimated_jobs(experim
     for rule, r in est["rules"].items():
         if r["gpu"]:
             assert r["max_job_hours"] <= r["runtime_limit_hours"], (rule, r)
+
+
+def test_a_registered_method_is_priced_from_its_registry_entry():
+    """graddot needs no cost code of its own: one gradient pass over the training set plus the query gradients."""
+    cfg = load_config(REPO / "experiments/cifar2.yaml")
+    query_draws = 200 * 2 * 250  # samples x (loss, elbo) x gradient draws
+    assert job_seconds("compute_scores", {"method": "graddot"}, cfg, REF) == pytest.approx(
+        (5000 * 250 + query_draws) * 2e-3)
+    trak = job_seconds("compute_scores", {"method": "trak"}, cfg, REF)
+    assert trak > job_seconds("compute_scores", {"method": "graddot"}, cfg, REF)  # plus the projections

@@ -15,15 +15,15 @@ from diffattr.models import build_unet
 from diffattr.scores.trak import make_projector, project, trak_scores
 
 
-def test_identity_projection_equals_damped_empirical_fisher_influence():
-    """k = P with no projection: φ_qᵀ(ΦᵀΦ/N + λI)⁻¹φ_j equals ∇mᵀ((1/N)Σ∇ℓ∇ℓᵀ + λI)⁻¹∇ℓ_j solved directly."""
+def test_kernel_from_one_eigendecomposition_equals_the_direct_damped_solve():
+    """The TRAK kernel φ_qᵀ(ΦᵀΦ/N + λI)⁻¹φ_j, from one eigendecomposition for every λ, equals the damped linear
+    solve done directly, on unprojected training gradients (Φ = the gradients of a block of 600 parameters)."""
     torch.manual_seed(0)
     model = build_unet("unet_tiny").eval().double()
     wrapper = FlatEps(model)
     s = Schedule.linear()
     images = torch.rand(10, 1, 8, 8, dtype=torch.float64) * 2 - 1
     grads = training_gradients(wrapper, images, torch.arange(10), s, 3, seed=0)  # [N, P], P ≈ 1.9e5
-    P = grads.shape[1]
     # restrict to a sub-block of parameters so the explicit P x P matrix fits (the identity is per coordinate set)
     sub = grads[:, : 600]
     query = torch.randn(2, 600, dtype=torch.float64)
@@ -33,7 +33,6 @@ def test_identity_projection_equals_damped_empirical_fisher_influence():
     for k, lam in enumerate(dampings):
         direct = query @ torch.linalg.solve(fisher + lam * torch.eye(600, dtype=torch.float64), sub.T)
         torch.testing.assert_close(ours[k].double(), direct, rtol=2e-4, atol=1e-6 * direct.abs().max().item())
-    assert P > 100_000
 
 
 @pytest.mark.parametrize("k", [512, 2048])
