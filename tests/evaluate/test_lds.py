@@ -128,3 +128,40 @@ def test_every_quantity_has_an_orientation():
     assert relative_sign("elbo", "trajectory") == relative_sign("similarity", "timestep_loss_t1") == 1
     with pytest.raises(ValueError, match="no orientation declared for 'lossy'"):
         orientation("lossy")
+
+
+def test_compute_lds_picks_the_best_and_the_default_damping_and_writes_every_sample(tmp_path):
+    """Three dampings: exact scores, reversed scores, noise. The best is the exact one, the default is reported at
+    its own damping, the flat ``table`` and the per-sample CSV agree with the results."""
+    import csv
+
+    from diffattr.config import validate_config
+    from diffattr.scores import write_scores
+    from diffattr.stages.evaluate import compute_lds
+    from tests.conftest import paths
+
+    rng = np.random.default_rng(1)
+    S, N, M = 3, 20, 8
+    masks = np.zeros((M, N), dtype=bool)
+    for m in range(M):
+        masks[m, rng.choice(N, N // 2, replace=False)] = True
+    scores = rng.normal(size=(S, N))
+    _study_files(tmp_path, predicted_changes(scores, masks), masks)
+    stack = np.stack([scores, -scores, rng.normal(size=(S, N))])
+    write_scores(tmp_path / "loss.h5", stack, [1e-8, 1e-4, 1.0], "kfac_mc_expand", "loss", 1e-4, predicts="loss")
+    cfg = validate_config({"experiment": "t", "evaluate": {"pairs": [{"scores": "loss", "target": "loss"}]}})
+    compute_lds(paths(measurements=tmp_path / "measurements.h5", subsets=tmp_path / "subsets.h5",
+                      scores=[tmp_path / "loss.h5"]),
+                paths(lds=tmp_path / "lds.json", per_sample=tmp_path / "lds.csv"),
+                experiment="t", evaluate=cfg["evaluate"], timesteps=[1])
+    summary = json.loads((tmp_path / "lds.json").read_text())
+    (r,) = summary["results"]
+    assert r["lds_mean"][:2] == [pytest.approx(1.0), pytest.approx(-1.0)]
+    assert r["best"] == {"damping": 1e-8, "mean": pytest.approx(1.0), "se": pytest.approx(0.0)}
+    assert r["default"]["damping"] == 1e-4 and r["default"]["mean"] == pytest.approx(-1.0)
+    assert summary["table"]["kfac_mc_expand"]["loss->loss"] == {"best": r["best"]["mean"], "default": r["default"]["mean"]}
+    assert summary["oracle"]["loss"]["mean"] == pytest.approx(1.0)  # the seeds agree exactly
+    with open(tmp_path / "lds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * S + S  # every damping and sample, then the oracle's samples
+    assert [float(x["lds"]) for x in rows if x["damping"] == "0.0001"] == pytest.approx([-1.0] * S)
