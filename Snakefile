@@ -21,6 +21,7 @@ include: "rules/measure.smk"
 include: "rules/influence.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
+include: "rules/attribute.smk"
 
 
 rule all:

@@ -3,7 +3,7 @@
 from diffattr.config import configured_variants
 from diffattr.evaluate.counterfactual import counterfactual_plan
 from diffattr.queries import query_names
-from diffattr.scores.registry import METHODS, evaluated_methods, method_sections
+from diffattr.scores.registry import METHODS, attribution_sections, evaluated_methods, method_sections
 
 RESULTS = f"results/{config['experiment']}"
 ENV = "../envs/diffattr.yaml"
@@ -61,6 +61,7 @@ def all_targets():
         res("metrics/lds.json"),
         res("metrics/counterfactual.json"),
         *[res(f"figures/{name}.png") for name in FIGURE_NAMES],
+        *([res("attributions/index.html")] if N_ATTRIBUTION_QUERIES else []),
     ]
 
 
@@ -99,4 +100,22 @@ def model_input(method):
     inputs = {"train": res("data/train.h5"), "samples": res("samples/samples.h5")}
     if METHODS[method].needs_model:
         inputs["model"] = model_files("full")
+    return inputs
+
+
+def _count_query_images(specs):
+    """Images named by attribute.queries: one per file, one per index of a samples.h5:<i>,<j> entry."""
+    return sum(len(q.split(":", 1)[1].split(",")) if ".h5:" in q else 1 for q in specs)
+
+
+N_ATTRIBUTION_QUERIES = _count_query_images(config["attribute"]["queries"])
+
+
+def attribute_inputs(wildcards):
+    """attribute_queries' inputs: the full model, the training set, the query files and, for a configured K-FAC
+    variant, its fitted curvature (reused, not refitted)."""
+    inputs = {"model": model_files("full"), "train": res("data/train.h5"),
+              "queries": sorted({q.split(":", 1)[0] for q in config["attribute"]["queries"]})}
+    if config["attribute"]["method"] in CURVATURES:
+        inputs["curvature"] = res(f"curvature/{config['attribute']['method']}.h5")
     return inputs

@@ -8,7 +8,7 @@ import torch
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.diffusion import Schedule
 from diffattr.diffusion.ddpm import eps_fn
-from diffattr.diffusion.draws import crn_draws, example_draws, noisy_inputs
+from diffattr.diffusion.draws import crn_draws, example_draws, noisy, noisy_inputs
 from diffattr.gradients import measurement_gradients, training_gradients
 from diffattr.measure import functions as F
 from diffattr.models import build_unet
@@ -54,7 +54,7 @@ def test_measurement_gradients_match_per_sample_autograd(setup, measurement):
             return F.elbo(model, schedule, x0, t, eps).mean()
         if measurement == "timestep_loss":
             return F.timestep_loss(model, schedule, x0, [10], eps).mean()
-        return F._flat_eps(model, F._noisy(schedule, x0, t, eps), t).pow(2).flatten(2).sum(-1).mean()
+        return F._flat_eps(model, noisy(schedule, x0, t, eps), t).pow(2).flatten(2).sum(-1).mean()
 
     got = measurement_gradients(wrapper, samples, name, schedule, 6, seed=7, timestep=10, output=output, batch_size=2)
     want = _reference(wrapper, samples, measure)

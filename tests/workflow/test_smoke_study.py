@@ -171,3 +171,31 @@ def test_counterfactual_retraining(smoke_study):
     assert all(np.isfinite(r["change"]) for r in summary["runs"])
     with Image.open(smoke_study / "figures/counterfactual.png") as im:
         assert im.width > 100
+
+
+def test_attribute_queries_rule_reuses_the_study_and_matches_its_scores(smoke_study):
+    """attribute_queries (diffattr attribute inside the study) on samples 0 and 2: the study's K-FAC scores."""
+    import csv
+
+    from diffattr.scores import read_scores
+
+    out = smoke_study / "attributions"
+    summary = json.loads((out / "attribution.json").read_text())
+    assert summary["curvature_file"].endswith("curvature/kfac_mc_expand.h5") and summary["cache"] is None
+    assert [r["query"] for r in summary["results"]] == ["samples.h5:0", "samples.h5:2"]
+    art = read_scores(smoke_study / "scores/kfac_mc_expand/loss.h5")
+    d = int(np.argmin(np.abs(np.log(art["dampings"]) - np.log(art.attrs["default_damping"]))))
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for q, sample in (("samples.h5:0", 0), ("samples.h5:2", 2)):
+        got = np.zeros(40)
+        for r in rows:
+            if r["query"] == q:
+                got[int(r["train_index"])] = float(r["score"])
+        want = art["scores"][d, sample]
+        # the study scored 3 samples in one batch, the rule 2: float32 rounding moves through the int8 compression
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
+        assert spearmanr(got, want).statistic > 0.999
+    for i in range(2):
+        with Image.open(out / f"query_{i}.png") as im:
+            assert im.width > 100

@@ -25,7 +25,7 @@ LEVELS = {
     "data": 1, "diffusion": 1, "models": 1, "sampling": 1,
     "measure": 2, "curvature": 2, "gradients": 2, "train": 2,
     "scores": 3, "evaluate": 4, "plots": 4,
-    "cost": 5, "stages": 5,
+    "cost": 5, "stages": 5, "cli": 6,
 }
 
 

@@ -54,7 +54,8 @@ def select(raw: RawImages, classes: list[str] | None, per_class: int | None, see
         idx.append(members)
         labels.append(np.full(len(members), new_label, dtype=np.int64))
     order = np.concatenate(idx)
-    return RawImages(raw.images[order], np.concatenate(labels), raw.source_index[order], names)
+    files = None if raw.file_names is None else [raw.file_names[i] for i in order]
+    return RawImages(raw.images[order], np.concatenate(labels), raw.source_index[order], names, files)
 
 
 def write_train(ds: RawImages, out: str | Path, data_cfg: Mapping[str, Any]) -> Path:

@@ -45,12 +45,14 @@ class RawImages:
         labels: int64 ``[N]``, index into ``class_names``.
         source_index: int64 ``[N]``, position of each image in its source (CIFAR batch order, sorted file list).
         class_names: names of all classes of the source (labels index it).
+        file_names: each image's path inside an image folder or tarball (None for other sources).
     """
 
     images: np.ndarray
     labels: np.ndarray
     source_index: np.ndarray
     class_names: list[str]
+    file_names: list[str] | None = None
 
 
 def _check_classes(wanted: Iterable[str] | None, available: list[str], where: str) -> list[str]:
@@ -188,9 +190,16 @@ def _class_folder(name: str, split: str | None) -> str | None:
     return parts[-1] if len(parts) >= 2 and parts[-2] == split else None
 
 
-def _class_and_split(name: str, split: str | None) -> tuple[str, str] | None:
+FLAT_CLASS = "images"  # the one class of a flat folder (images directly in it)
+
+
+def _class_and_split(name: str, split: str | None, flat: bool = False) -> tuple[str, str] | None:
     parts = PurePosixPath(name).parts
-    if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES or len(parts) < 2:
+    if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    if flat:
+        return (FLAT_CLASS, parts[0]) if len(parts) == 1 else None
+    if len(parts) < 2:
         return None
     if split is None:
         return parts[-2], parts[-1]
@@ -202,8 +211,9 @@ def _class_and_split(name: str, split: str | None) -> tuple[str, str] | None:
 def load_image_folder(path: str | Path, split: str | None = "train", classes: list[str] | None = None) -> RawImages:
     """Images from ``[<prefix>/]<split>/<class>/<file>`` in a directory or tarball.
 
-    Class names are the sorted sub-folder names (label order); ``source_index`` is the position in the sorted
-    list of all image files of the split.
+    With ``split=None`` the layout is ``<class>/<file>``, or flat (``<file>`` directly in the folder, one class named
+    ``images``) when no class folder holds images. Class names are the sorted sub-folder names (label order);
+    ``source_index`` is the position in the sorted list of all image files of the split; ``file_names`` their paths.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -223,6 +233,9 @@ def load_image_folder(path: str | Path, split: str | None = "train", classes: li
         cs = _class_and_split(name, split)
         if cs is not None:
             found.append((cs[0], name, handle))
+    if not found and split is None and classes is None:  # a flat folder of images
+        found = [(FLAT_CLASS, n, h) for n, h in entries if h is not None and _class_and_split(n, None, flat=True)]
+        folders = set()
     considered = folders & set(classes) if classes else folders
     empty = sorted(considered - {c for c, _, _ in found})
     if empty:
@@ -274,4 +287,5 @@ def load_image_folder(path: str | Path, split: str | None = "train", classes: li
         np.asarray([names.index(c) for _, c, _, _ in wanted], dtype=np.int64),
         np.asarray([i for i, _, _, _ in wanted], dtype=np.int64),
         names,
+        [n for _, _, n, _ in wanted],
     )

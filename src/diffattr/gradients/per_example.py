@@ -12,7 +12,7 @@ Gradients are taken with respect to the K-FAC parameters (every Linear/Conv2d la
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
@@ -103,6 +103,7 @@ def measurement_gradients(
     output: str = "loss",
     batch_size: int = 16,
     first_index: int = 0,
+    draw_indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Gradients of a measurement at each generated sample, ``[S, P]``, vectorised over samples (``torch.func``).
 
@@ -119,6 +120,7 @@ def measurement_gradients(
         output: ``square_norm`` replaces the ``loss`` measurement by the D-TRAK output ||ε_θ||².
         batch_size: Samples per vectorised call (``trajectory`` takes one at a time: each is T model calls).
         first_index: Index of ``samples[0]`` among all samples (a slice gets the draws of its place in the whole).
+        draw_indices: The draw-set index of each sample instead (``[S]``; e.g. a sample's index in ``samples.h5``).
     """
     fn = _measurement_fn(measurement, schedule, output, timestep)
     if measurement == "trajectory":
@@ -138,7 +140,8 @@ def measurement_gradients(
     out = []
     for start in range(0, samples.shape[0], batch_size):
         idx = range(start, min(start + batch_size, samples.shape[0]))
-        draws = [crn_draws(seed, first_index + i, mc_samples, shape, T) for i in idx]
+        draws = [crn_draws(seed, first_index + i if draw_indices is None else int(draw_indices[i]), mc_samples, shape, T)
+                 for i in idx]
         t = torch.stack([d[0] for d in draws]).to(device)
         eps = torch.stack([d[1] for d in draws]).to(device)
         traj = trajectories[idx.start : idx.stop].to(device) if measurement == "trajectory" else None

@@ -87,5 +87,36 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> UNe
     """Load a saved model in eval mode."""
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"no trained model in {directory} (config.json missing)")
+        raise FileNotFoundError(f"no trained model in {directory} (config.json missing: save the UNet2DModel with "
+                                "save_pretrained, or point at the 'unet' folder of a saved pipeline)")
     return UNet2DModel.from_pretrained(str(directory), low_cpu_mem_usage=False).to(device).eval()
+
+
+def diffusion_settings(directory: str | Path) -> dict[str, Any]:
+    """The noise schedule a saved model was trained with, as a ``diffusion`` config section.
+
+    Read from a diffusers ``scheduler_config.json`` beside the weights (or in ``../scheduler/``, the layout of a saved
+    ``DDPMPipeline``), else from our ``train_info.json``. Only linear-beta, ε-predicting DDPM schedules are supported.
+
+    Raises:
+        FileNotFoundError: Neither file is there (the message names both paths).
+        ValueError: The scheduler is not a linear-beta ε-prediction DDPM.
+    """
+    import json
+
+    directory = Path(directory)
+    candidates = [directory / "scheduler_config.json", directory.parent / "scheduler" / "scheduler_config.json"]
+    for path in candidates:
+        if path.is_file():
+            cfg = json.loads(path.read_text())
+            schedule, prediction = cfg.get("beta_schedule", "linear"), cfg.get("prediction_type", "epsilon")
+            if schedule != "linear" or prediction != "epsilon":
+                raise ValueError(f"{path}: beta_schedule={schedule!r}, prediction_type={prediction!r}; diffattr supports "
+                                 "linear betas with epsilon prediction (the paper's DDPM)")
+            return {"num_timesteps": int(cfg.get("num_train_timesteps", 1000)),
+                    "beta_start": float(cfg.get("beta_start", 1e-4)), "beta_end": float(cfg.get("beta_end", 0.02))}
+    info = directory / "train_info.json"
+    if info.is_file():
+        return dict(json.loads(info.read_text())["diffusion"])
+    raise FileNotFoundError(f"no noise schedule for the model in {directory}: expected {candidates[0]} (a diffusers "
+                            f"scheduler config), {candidates[1]} or {info} (written by diffattr's train_model)")

@@ -81,6 +81,7 @@ class GradientInputs:
     images: torch.Tensor
     samples: torch.Tensor
     trajectories: torch.Tensor | None
+    draw_indices: list[int] | None = None  # each sample's draw-set index (default: its position)
 
     @classmethod
     def load(cls, model_dir: str | Path, train_path: str | Path, samples_path: str | Path,
@@ -107,13 +108,14 @@ class GradientInputs:
     def query_gradients(self, query: Query, s0: int, s1: int, args: GradientArgs, output: str = "loss") -> torch.Tensor:
         """Gradients ``[s1 - s0, P]`` of ``query`` at samples ``s0:s1`` (``square_norm``: D-TRAK's output)."""
         traj = None if self.trajectories is None else self.trajectories[s0:s1]
+        ids = None if self.draw_indices is None else self.draw_indices[s0:s1]
         if output == "square_norm":
             return measurement_gradients(self.wrapper, self.samples[s0:s1], "loss", self.schedule, args.mc_samples,
                                          args.seeds["query"], output=output, batch_size=args.batch_size,
-                                         first_index=s0)
+                                         first_index=s0, draw_indices=ids)
         return measurement_gradients(self.wrapper, self.samples[s0:s1], query.measurement, self.schedule,
                                      args.mc_samples, args.seeds["query"], query.timestep, traj,
-                                     batch_size=args.batch_size, first_index=s0)
+                                     batch_size=args.batch_size, first_index=s0, draw_indices=ids)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from diffattr.queries import Query
 from diffattr.scores.base import ImageInputs, ScoreFile
+from diffattr.scores.cache import NoCache
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class ClipArgs:
 
 
 def score_clip(sections: Mapping[str, Any], inputs: ImageInputs, queries: Sequence[Query], progress: bool = True,
-               embedder: ClipEmbedder | None = None) -> tuple[list[ScoreFile], dict[str, float]]:
+               embedder: ClipEmbedder | None = None, cache: Any = None) -> tuple[list[ScoreFile], dict[str, float]]:
     """Cosine similarities ``[1, S, N]`` (damping NaN), the same for every query (section: ``clip``).
 
     ``embedder`` overrides the configured model (tests).
@@ -173,7 +174,8 @@ def score_clip(sections: Mapping[str, Any], inputs: ImageInputs, queries: Sequen
     embed = embedder if embedder is not None else load_clip(ccfg, inputs.device)
     timings = {"load": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    sim = clip_similarity(embed, inputs.samples, inputs.images, args.batch_size, progress).numpy()
+    train = (cache or NoCache()).matrix("clip_embeddings", lambda: embed(inputs.images, args.batch_size, progress))
+    sim = (embed(inputs.samples, args.batch_size) @ train.T).numpy()
     timings["embed_and_score"] = time.perf_counter() - t0
     log.info("clip timings: %s", {k: round(v, 2) for k, v in timings.items()})
     return [ScoreFile("clip", q.name, sim[None], [math.nan], None, "similarity", args) for q in queries], timings

@@ -17,6 +17,7 @@ import torch
 
 from diffattr.queries import Query
 from diffattr.scores.base import GradientArgs, GradientInputs, ScoreFile, score_gradients
+from diffattr.scores.cache import NoCache
 
 
 @dataclass
@@ -34,12 +35,13 @@ class IdentityPreconditioner:
 
 
 def score(sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
-          progress: bool = True) -> tuple[list[ScoreFile], dict[str, float]]:
+          progress: bool = True, cache: Any = None) -> tuple[list[ScoreFile], dict[str, float]]:
     """Gradient dot products for every query (sections: ``influence``, ``train.hflip``)."""
     args = GradientArgs.from_sections(sections["influence"], sections["train.hflip"])
+    rows = (cache or NoCache()).rows("train_gradients", inputs.images.shape[0], args.batch_size,
+                                     lambda idx: inputs.training_gradients(idx, args), None, progress)
     scores, timings = score_gradients(
         {"graddot": IdentityPreconditioner(inputs.n_params)}, queries, inputs.samples.shape[0],
-        lambda q, s0, s1: inputs.query_gradients(q, s0, s1, args),
-        lambda idx: inputs.training_gradients(idx, args), inputs.images.shape[0], args, progress)
+        lambda q, s0, s1: inputs.query_gradients(q, s0, s1, args), rows, inputs.images.shape[0], args, progress)
     return [ScoreFile("graddot", q.name, scores[("graddot", q.name)], [math.nan], None, q.name, args)
             for q in queries], timings

@@ -8,13 +8,17 @@ configured variant is scored in the same pass over the training set (:func:`diff
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from diffattr.curvature import Curvature
+from diffattr.queries import Query
 from diffattr.scores.bank import QueryBank
+from diffattr.scores.base import GradientArgs, GradientInputs, ScoreFile, score_gradients
+from diffattr.scores.cache import NoCache
 
 
 @dataclass
@@ -36,6 +40,36 @@ class KFACPreconditioner:
 
     def precondition(self, query_grads: torch.Tensor) -> torch.Tensor:
         return self.curvature.precondition(query_grads, self.dampings)
+
+
+@dataclass
+class KFACArgs:
+    """K-FAC influence arguments saved with every score file: the gradients, the damping sweep, the curvature."""
+
+    gradients: GradientArgs
+    dampings: list[float]
+    default_damping: float
+    curvature: dict[str, Any] = field(default_factory=dict)
+
+
+def score_kfac(
+    curvatures: Sequence[Curvature], inputs: GradientInputs, queries: Sequence[Query], args: GradientArgs,
+    dampings: Sequence[float], default_damping: float, progress: bool = True, cache: Any = None,
+) -> tuple[list[ScoreFile], dict[str, float]]:
+    """Every curvature variant × query in one pass over the training gradients (or from ``cache``)."""
+    cache = cache or NoCache()
+    pre: Mapping[str, KFACPreconditioner] = {
+        c.variant.name: KFACPreconditioner(c, list(dampings), args.compression) for c in curvatures}
+    sizes = next(iter(pre.values())).group_sizes
+    rows = cache.rows("train_gradients", inputs.images.shape[0], args.batch_size,
+                      lambda idx: inputs.training_gradients(idx, args), sizes, progress)
+    scores, timings = score_gradients(pre, queries, inputs.samples.shape[0],
+                                      lambda q, s0, s1: inputs.query_gradients(q, s0, s1, args), rows,
+                                      inputs.images.shape[0], args, progress)
+    files = [ScoreFile(m, q.name, scores[(m, q.name)], p.dampings, float(default_damping), q.name,
+                       KFACArgs(args, list(p.dampings), float(default_damping), p.curvature.args))
+             for m, p in pre.items() for q in queries]
+    return files, timings
 
 
 def influence_scores(

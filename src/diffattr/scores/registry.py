@@ -63,15 +63,30 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
 )}
 
 
-def method_sections(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The config values a method declares (:attr:`MethodInfo.sections`), keyed by their dotted names."""
+def _pick(config: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     out = {}
-    for key in METHODS[name].sections:
+    for key in keys:
         value: Any = config
         for part in key.split("."):
             value = value[part]
         out[key] = value
     return out
+
+
+def method_sections(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config values a method declares (:attr:`MethodInfo.sections`), keyed by their dotted names."""
+    return _pick(config, METHODS[name].sections)
+
+
+KFAC_SECTIONS = ("influence", "train.hflip")
+
+
+def attribution_sections(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config values ``diffattr attribute`` needs for a method: a K-FAC variant's :data:`KFAC_SECTIONS`, or
+    the registered method's own sections."""
+    if not is_kfac(name) and name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: a K-FAC variant (e.g. kfac_mc_expand) or one of {sorted(METHODS)}")
+    return _pick(config, KFAC_SECTIONS if is_kfac(name) else METHODS[name].sections)
 
 
 def is_kfac(method: str) -> bool:

@@ -29,6 +29,7 @@ from trak.projectors import BasicProjector, ProjectionType
 
 from diffattr.queries import Query
 from diffattr.scores.base import GradientArgs, GradientInputs, ScoreFile, score_gradients
+from diffattr.scores.cache import NoCache
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +133,15 @@ def train_features(inputs: GradientInputs, args: TrakArgs, projector: Any, progr
 
 
 def _score(method: str, output: str, sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
-           progress: bool) -> tuple[list[ScoreFile], dict[str, float]]:
+           progress: bool, cache: Any) -> tuple[list[ScoreFile], dict[str, float]]:
     tcfg = sections["trak"]
     args = TrakArgs(GradientArgs.from_sections(sections["influence"], sections["train.hflip"]), output,
                     int(tcfg["projection_dim"]), int(tcfg["seed"]), list(tcfg["dampings"]), float(tcfg["default_damping"]))
     device = inputs.images.device
     projector = make_projector(inputs.n_params, args.projection_dim, args.projection_seed, device)
     t0 = time.perf_counter()
-    pre = TrakPreconditioner.fit(projector, train_features(inputs, args, projector, progress), args.dampings)
+    features = (cache or NoCache()).matrix(f"{output}_features", lambda: train_features(inputs, args, projector, progress))
+    pre = TrakPreconditioner.fit(projector, features.to(device), args.dampings)
     fit_s = time.perf_counter() - t0
     scores, timings = score_gradients(
         {method: pre}, queries, inputs.samples.shape[0],
@@ -152,12 +154,12 @@ def _score(method: str, output: str, sections: Mapping[str, Any], inputs: Gradie
 
 
 def score_trak(sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
-               progress: bool = True) -> tuple[list[ScoreFile], dict[str, float]]:
+               progress: bool = True, cache: Any = None) -> tuple[list[ScoreFile], dict[str, float]]:
     """TRAK scores for every query (sections: ``trak``, ``influence``, ``train.hflip``)."""
-    return _score("trak", "loss", sections, inputs, queries, progress)
+    return _score("trak", "loss", sections, inputs, queries, progress, cache)
 
 
 def score_dtrak(sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
-                progress: bool = True) -> tuple[list[ScoreFile], dict[str, float]]:
+                progress: bool = True, cache: Any = None) -> tuple[list[ScoreFile], dict[str, float]]:
     """D-TRAK scores: the square-norm output's gradients for training examples and queries alike."""
-    return _score("dtrak", "square_norm", sections, inputs, queries, progress)
+    return _score("dtrak", "square_norm", sections, inputs, queries, progress, cache)
