@@ -51,3 +51,42 @@ def test_failed_write_leaves_nothing(tmp_path):
         tmp.write_text("partial")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_and_modified_artefacts_are_named_with_the_fix(tmp_path):
+    path = tmp_path / "results/x/scores/kfac_mc_expand/loss.h5"
+    marker = np.arange(4096, dtype=np.float64) + 0.5
+    write_h5(path, {"scores": marker, "dampings": np.ones(2)})
+    raw = path.read_bytes()
+    # a few bytes flipped inside the data: the file still opens, the checksum catches it
+    at = raw.index(marker[100:102].tobytes())
+    path.write_bytes(raw[:at] + bytes(b ^ 0xFF for b in raw[at : at + 8]) + raw[at + 8 :])
+    with pytest.raises(ArtefactError, match=r"dataset 'scores' does not match its checksum.*delete .*loss.h5 and "
+                                            r"rerun \(or `snakemake --forcerun compute_kfac_scores`\)"):
+        read_h5(path)
+    read_h5(path, names=["dampings"])  # an intact dataset of the same file still reads
+    path.write_bytes(raw[: len(raw) // 2])  # truncated
+    with pytest.raises(ArtefactError, match=r"loss.h5 is not a readable HDF5 file \(truncated or corrupt"):
+        read_h5(path)
+    # an artefact written before checksums existed is read (unverified)
+    old = write_h5(tmp_path / "old.h5", {"a": np.ones(3)})
+    with h5py.File(old, "a") as f:
+        del f.attrs["content_sha256"]
+    assert read_h5(old)["a"].sum() == 3
+
+
+def test_corrupt_json_and_model_directories_are_named(tmp_path):
+    from diffattr.io import read_json
+    from diffattr.models import build_unet, load_model, save_model
+
+    lds = tmp_path / "results/x/metrics/lds.json"
+    lds.parent.mkdir(parents=True)
+    lds.write_text('{"results": [')
+    with pytest.raises(ArtefactError, match=r"lds.json is not valid JSON.*--forcerun compute_lds"):
+        read_json(lds)
+    model = tmp_path / "results/x/models/full"
+    save_model(build_unet("unet_tiny"), model)
+    weights = model / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ArtefactError, match=r"the model in .*models/full is unreadable.*--forcerun train_model"):
+        load_model(model)

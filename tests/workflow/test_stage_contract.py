@@ -140,3 +140,10 @@ def test_packages_import_only_downwards():
                 bad.append(f"{rel}:{line} imports diffattr.{imported}")
     assert not bad, bad
 
+
+
+def test_error_messages_name_rules_that_exist(rules):
+    """io.PRODUCERS (the rule an unreadable artefact is rebuilt by) names only real rules."""
+    from diffattr.io import PRODUCERS
+
+    assert {rule for _, rule in PRODUCERS} <= set(rules)

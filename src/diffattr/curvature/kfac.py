@@ -44,7 +44,7 @@ from torch import nn
 from diffattr.config import variant_name
 from diffattr.curvature.data import CurvatureData, FlatEps, kfac_parameters
 from diffattr.diffusion import Schedule
-from diffattr.io import PROVENANCE_ATTRS, read_h5, write_h5
+from diffattr.io import CHECKSUM_ATTR, PROVENANCE_ATTRS, read_h5, write_h5
 
 log = logging.getLogger(__name__)
 
@@ -433,5 +433,5 @@ def load_curvature(path: str | Path) -> Curvature:
         corr = {i: torch.from_numpy(art[f"{g}/corrected_{i}"]) for i in pos.values() if f"{g}/corrected_{i}" in art.data}
         layers.append(Layer(str(module), pos, get("A"), get("G"), get("QA"), get("LA"), get("QG"), get("LG"), corr))
     variant = Variant.from_name(art.attrs["variant"])
-    args = {k: v for k, v in art.attrs.items() if k not in PROVENANCE_ATTRS}
+    args = {k: v for k, v in art.attrs.items() if k not in (*PROVENANCE_ATTRS, CHECKSUM_ATTR)}
     return Curvature(variant, layers, [str(s) for s in art["param_names"]], shapes, args)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
+from diffattr.io import ArtefactError, fix_hint
+
 PRESETS: dict[str, dict[str, Any]] = {
     "ddpm_cifar": dict(
         sample_size=32,
@@ -89,7 +91,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> UNe
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no trained model in {directory} (config.json missing: save the UNet2DModel with "
                                 "save_pretrained, or point at the 'unet' folder of a saved pipeline)")
-    return UNet2DModel.from_pretrained(str(directory), low_cpu_mem_usage=False).to(device).eval()
+    try:
+        model = UNet2DModel.from_pretrained(str(directory), low_cpu_mem_usage=False)
+    except Exception as exc:  # safetensors, JSON and OS errors of a truncated or foreign model directory
+        raise ArtefactError(f"the model in {directory} is unreadable ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); {fix_hint(directory / 'config.json')}") from exc
+    return model.to(device).eval()
 
 
 def diffusion_settings(directory: str | Path) -> dict[str, Any]:

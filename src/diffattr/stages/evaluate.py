@@ -16,7 +16,7 @@ from diffattr.config import evaluation_pairs
 from diffattr.data import read_subsets, read_train
 from diffattr.evaluate import actual_by_subset, lds, oracle_lds, predicted_changes, target_values
 from diffattr.evaluate.counterfactual import removal_masks, summarize
-from diffattr.io import atomic_path, read_h5, write_h5
+from diffattr.io import atomic_path, read_h5, read_json, write_h5
 from diffattr.measure import read_measurements
 from diffattr.plots import figures
 from diffattr.sampling import read_samples
@@ -111,7 +111,7 @@ def plot_figures(input: Paths, output: Paths, *, evaluate: Mapping[str, Any]) ->
     Outputs: ``lds``, ``damping``, ``hessian``, ``top``, ``scatter``, ``timesteps`` (a list: empty unless
     ``evaluate.timestep_matrix``) and ``data`` (the CSVs, beside the PNGs).
     """
-    summary = json.loads(Path(input.lds).read_text())
+    summary = read_json(input.lds)
     csv_of = {Path(p).stem: p for p in output.data}
     not_timestep = {**summary, "results": [r for r in summary["results"] if "timestep" not in r["target"]]}
     figures.lds_bars(not_timestep, output.lds, csv_of["lds"])
@@ -144,7 +144,7 @@ def plot_figures(input: Paths, output: Paths, *, evaluate: Mapping[str, Any]) ->
 def select_counterfactuals(input: Paths, output: Paths, *, plan: Sequence[Mapping[str, Any]]) -> None:
     """``counterfactual/removals.h5``: ``masks`` bool ``[n_runs, N]`` (True = kept) with the plan's rows
     (:func:`diffattr.evaluate.counterfactual.counterfactual_plan`: method, sample, fraction) and the damping used."""
-    summary = json.loads(Path(input.lds).read_text())
+    summary = read_json(input.lds)
     best = {r["method"]: r["best"]["damping"] for r in summary["results"] if r["scores"] == r["target"] == "loss"}
     loss_scores = {}
     for p in input.scores:

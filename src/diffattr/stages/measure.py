@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from diffattr.diffusion import Schedule
-from diffattr.io import read_h5, write_h5
+from diffattr.io import read_h5, read_json, write_h5
 from diffattr.measure import measure_samples
 from diffattr.models import load_model
 from diffattr.runtime import select_device
@@ -39,7 +38,7 @@ def measure_model(
     model = load_model(source, device)
     values = measure_samples(model, Schedule.from_config(diffusion), samples, measure, traj, device,
                              model_id=model_id)
-    info = json.loads((source / "train_info.json").read_text())
+    info = read_json(source / "train_info.json")
     subset = -1 if info["subset"] is None else int(info["subset"])  # -1: full data or a counterfactual run
     seed_index = -1 if info["seed_index"] is None else int(info["seed_index"])
     for name in measure["measurements"]:
