@@ -1,6 +1,6 @@
 # Helpers, wildcard constraints and target functions (no rules here).
 
-from diffattr.config import configured_variants
+from diffattr.config import attribute_image_count, configured_variants
 from diffattr.evaluate.counterfactual import counterfactual_plan
 from diffattr.queries import query_names
 from diffattr.scores.registry import METHODS, attribution_sections, evaluated_methods, method_sections
@@ -61,7 +61,7 @@ def all_targets():
         res("metrics/lds.json"),
         res("metrics/counterfactual.json"),
         *[res(f"figures/{name}.png") for name in FIGURE_NAMES],
-        *([res("attributions/index.html")] if N_ATTRIBUTION_QUERIES else []),
+        res("attributions/index.html"),
     ]
 
 
@@ -103,12 +103,7 @@ def model_input(method):
     return inputs
 
 
-def _count_query_images(specs):
-    """Images named by attribute.queries: one per file, one per index of a samples.h5:<i>,<j> entry."""
-    return sum(len(q.split(":", 1)[1].split(",")) if ".h5:" in q else 1 for q in specs)
-
-
-N_ATTRIBUTION_QUERIES = _count_query_images(config["attribute"]["queries"])
+N_ATTRIBUTION_QUERIES = attribute_image_count(config)
 
 
 def attribute_inputs(wildcards):
@@ -116,6 +111,6 @@ def attribute_inputs(wildcards):
     variant, its fitted curvature (reused, not refitted)."""
     inputs = {"model": model_files("full"), "train": res("data/train.h5"),
               "queries": sorted({q.split(":", 1)[0] for q in config["attribute"]["queries"]})}
-    if config["attribute"]["method"] in CURVATURES:
+    if N_ATTRIBUTION_QUERIES and config["attribute"]["method"] in CURVATURES:
         inputs["curvature"] = res(f"curvature/{config['attribute']['method']}.h5")
     return inputs

@@ -119,6 +119,11 @@ def evaluation_pairs(evaluate: Mapping[str, Any], timesteps: Sequence[int]) -> l
     return pairs
 
 
+def attribute_image_count(config: Mapping[str, Any]) -> int:
+    """Images named by ``attribute.queries``: one per file, one per index of a ``samples.h5:<i>,<j>`` entry."""
+    return sum(len(q.split(":", 1)[1].split(",")) if ".h5:" in q else 1 for q in config["attribute"]["queries"])
+
+
 def _check_consistency(cfg: dict[str, Any], source: str) -> None:
     """Cross-key checks the schema cannot express."""
     steps = cfg["measure"]["timesteps"]

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffattr.config import configured_variants, load_config
+from diffattr.config import attribute_image_count, configured_variants, load_config
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.models import build_unet
 from diffattr.queries import query_names
@@ -124,6 +124,9 @@ def job_seconds(
         return s
     if rule == "compute_kfac_scores":
         return (bank_passes * N * icfg["gradient_mc_samples"] + query_draws) * grad
+    if rule == "attribute_queries":  # one pass of training gradients (K-FAC, the study's curvature) + the queries
+        n_q = attribute_image_count(cfg)
+        return (N + n_q) * icfg["gradient_mc_samples"] * grad if n_q else 0.0
     if rule == "compute_scores":  # any registered method: priced from its registry entry
         method = METHODS[wildcards["method"]]
         if not method.needs_model:  # a similarity of image embeddings (CLIP)

@@ -341,7 +341,16 @@ def attribute_queries(
 ) -> None:
     """Rule ``attribute_queries``: :func:`attribute` for the config's ``attribute`` section (``request``: queries,
     method, measurement, damping, top) against the study's full model, training set and (for a K-FAC method) its
-    fitted curvature, into ``attributions/``."""
+    fitted curvature, into ``attributions/``. Without queries it writes empty outputs (a page saying so), so the
+    folder exists for every study (DVC tracks it)."""
+    if not request["queries"]:
+        out = Path(output.index).parent
+        _write_outputs(out, Images(np.zeros((0, 1, 1, 1), np.uint8), []), Images(np.zeros((0, 1, 1, 1), np.uint8), []),
+                       np.zeros((0, 0)), request["top"], {"method": request["method"], "queries": [],
+                                                          "measurement": request["measurement"], "damping": None})
+        with atomic_path(out / "attribution.json") as tmp:
+            tmp.write_text(json.dumps({"queries": [], "results": [], "note": "attribute.queries is empty"}, indent=2))
+        return
     attribute(model_dir(input.model), input.train, list(request["queries"]), Path(output.index).parent, sections,
               request["method"], request["measurement"], request["damping"], request["top"], device=device,
               curvature_file=getattr(input, "curvature", None))
