@@ -117,43 +117,60 @@ def collisions(work: Path) -> tuple[Path, dict]:
 
 
 # --- 2. kills -------------------------------------------------------------------------------------------------
+PROGRESS = re.compile(r"(\d+) of (\d+) steps")
+
+
 def kills(work: Path, reference: Path, seed: int, n_kills: int) -> dict:
-    """Interrupt one run ``n_kills`` times: each time at the k-th job start of the segment (k seeded in 1..5) plus a
-    seeded delay; recover with --unlock and --rerun-incomplete; finally compare with the reference."""
+    """Interrupt one run ``n_kills`` times, spread over the whole DAG: kill point i is the first job that starts once
+    the study as a whole has finished a seeded share of its jobs, plus a seeded delay. Recover each time with
+    --unlock and --rerun-incomplete (what ``make resume`` does); finally compare with the reference."""
     rng = random.Random(seed)
     wd = copy_workflow(work / "kill_dir")
+    total = len(JOB_LINE.findall(run(wd, "-n", *SMOKE).stdout))
+    targets = sorted(rng.sample(range(1, total - 1), n_kills))
     sigs = [signal.SIGKILL] * n_kills
     special = rng.sample(range(n_kills), 2)
     sigs[special[0]], sigs[special[1]] = signal.SIGINT, signal.SIGTERM
     tried, lost = [], 0
-    for i, sig in enumerate(sigs):
-        k, delay = rng.randint(1, 5), rng.uniform(0.3, 3.0)
+    for i, (target, sig) in enumerate(zip(targets, sigs, strict=True)):
+        delay = rng.uniform(0.3, 3.0)
         if i:
             run(wd, "--unlock", *SMOKE)
         log = work / f"kill_{i}.log"
         proc = start(wd, *SMOKE, *(["--rerun-incomplete"] if i else []), log=log)
-        point = None
+        point, remaining0 = None, None
         while proc.poll() is None:
-            jobs = JOB_LINE.findall(log.read_text())
-            if len(jobs) >= k:
-                point = jobs[k - 1]
-                time.sleep(delay)
-                if proc.poll() is None:
-                    os.killpg(proc.pid, sig)
+            text = log.read_text()
+            steps = PROGRESS.findall(text)
+            if remaining0 is None:
+                m = re.search(r"^total\s+(\d+)", text, re.M)  # this run's job count (its job stats table)
+                remaining0 = int(m.group(1)) if m else None
+            done = total - remaining0 + (int(steps[-1][0]) if steps else 0) if remaining0 is not None else 0
+            if done >= target:
+                seen = len(JOB_LINE.findall(text))
+                while proc.poll() is None and len(JOB_LINE.findall(log.read_text())) <= seen:
+                    time.sleep(0.05)
+                jobs = JOB_LINE.findall(log.read_text())
+                if len(jobs) > seen:
+                    point = jobs[seen]
+                    time.sleep(delay)
+                    if proc.poll() is None:
+                        os.killpg(proc.pid, sig)
                 break
             time.sleep(0.1)
         rc = proc.wait()
         fired = point is not None and rc != 0
-        tried.append({"signal": signal.Signals(sig).name, "job": k, "rule": point, "delay_s": round(delay, 2),
-                      "fired": fired})
+        tried.append({"signal": signal.Signals(sig).name, "after_jobs": target, "rule": point,
+                      "delay_s": round(delay, 2), "fired": fired})
         if point is None:
-            lost += rc != 0  # the run ended by itself before the k-th job: it must have succeeded
+            lost += rc != 0  # the run ended by itself before the kill point: it must have succeeded
     run(wd, "--unlock", *SMOKE)
     final = run(wd, *SMOKE, "--rerun-incomplete")
     lost += final.returncode != 0
     diffs = compare(reference, wd / "results/smoke")
-    return {"points": tried, "fired": sum(t["fired"] for t in tried), "identical": not diffs and final.returncode == 0,
-            "differences": diffs[:5], "runs_lost": lost, "final_rc": final.returncode}
+    return {"jobs": total, "points": tried, "fired": sum(t["fired"] for t in tried),
+            "identical": not diffs and final.returncode == 0, "differences": diffs[:5], "runs_lost": lost,
+            "final_rc": final.returncode}
 
 
 # --- 3. corruption --------------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ rule attribute_queries:
             for i in range(N_ATTRIBUTION_QUERIES)
         ],
     params:
-        request=config["attribute"],
+        request={**config["attribute"], "queries": ATTRIBUTION_QUERIES},
         sections=attribution_sections(config, config["attribute"]["method"]),
         device=config["device"],
     threads: config["resources"]["threads"]
     resources:
-        gpu=1,
+        gpu=1 if N_ATTRIBUTION_QUERIES else 0,  # without queries it only writes an empty page
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime"],
     log:

@@ -104,13 +104,15 @@ def model_input(method):
 
 
 N_ATTRIBUTION_QUERIES = attribute_image_count(config)
+# "samples.h5:<i>" in attribute.queries means this study's own samples
+ATTRIBUTION_QUERIES = [res(f"samples/{q}") if q.startswith("samples.h5") else q for q in config["attribute"]["queries"]]
 
 
 def attribute_inputs(wildcards):
     """attribute_queries' inputs: the full model, the training set, the query files and, for a configured K-FAC
     variant, its fitted curvature (reused, not refitted)."""
     inputs = {"model": model_files("full"), "train": res("data/train.h5"),
-              "queries": sorted({q.split(":", 1)[0] for q in config["attribute"]["queries"]})}
+              "queries": sorted({q.split(":", 1)[0] for q in ATTRIBUTION_QUERIES})}
     if N_ATTRIBUTION_QUERIES and config["attribute"]["method"] in CURVATURES:
         inputs["curvature"] = res(f"curvature/{config['attribute']['method']}.h5")
     return inputs

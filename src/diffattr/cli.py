@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "scheduler_config.json beside it (or diffattr's train_info.json)")
     where.add_argument("--train", type=Path, help="the training set: an image folder or tarball (<class>/<image> or "
                        "flat), or a diffattr train.h5")
-    a.add_argument("--query", nargs="+", required=True, help="PNG/JPEG files, or samples.h5[:i,j,...]")
+    a.add_argument("--query", nargs="+", required=True,
+                   help="PNG/JPEG files, or <file>.h5[:i,j,...]; with --study a bare samples.h5:i is the study's")
     a.add_argument("--method", default="kfac_mc_expand",
                    help=f"a K-FAC variant (kfac|ekfac_mc|empirical_expand|reduce) or one of {', '.join(METHODS)}")
     a.add_argument("--measurement", default="loss", help="loss, elbo or timestep_loss_t<step> (default: loss)")
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.model or args.train:
                 raise AttributionError("--study takes the model and training set of the study: drop --model/--train")
             model, train = args.study / "models/full", args.study / "data/train.h5"
+            args.query = [str(args.study / "samples" / q) if q.startswith("samples.h5") else q for q in args.query]
             curvature = args.study / "curvature" / f"{args.method}.h5"
         elif args.model is None or args.train is None:
             raise AttributionError("give --study DIR, or both --model DIR and --train PATH")
