@@ -128,9 +128,9 @@ def kills(work: Path, reference: Path, seed: int, n_kills: int) -> dict:
     wd = copy_workflow(work / "kill_dir")
     total = len(JOB_LINE.findall(run(wd, "-n", *SMOKE).stdout))
     targets = sorted(rng.sample(range(1, total - 1), n_kills))
-    sigs = [signal.SIGKILL] * n_kills
-    special = rng.sample(range(n_kills), 2)
-    sigs[special[0]], sigs[special[1]] = signal.SIGINT, signal.SIGTERM
+    # SIGKILLs first, then SIGTERM, SIGINT last: Snakemake may answer SIGINT by finishing its running jobs and exiting
+    # cleanly, which would leave nothing for later points to interrupt
+    sigs = [signal.SIGKILL] * (n_kills - 2) + [signal.SIGTERM, signal.SIGINT]
     tried, lost = [], 0
     for i, (target, sig) in enumerate(zip(targets, sigs, strict=True)):
         delay = rng.uniform(0.3, 3.0)
@@ -138,7 +138,7 @@ def kills(work: Path, reference: Path, seed: int, n_kills: int) -> dict:
             run(wd, "--unlock", *SMOKE)
         log = work / f"kill_{i}.log"
         proc = start(wd, *SMOKE, *(["--rerun-incomplete"] if i else []), log=log)
-        point, remaining0 = None, None
+        point, remaining0, fired = None, None, False
         while proc.poll() is None:
             text = log.read_text()
             steps = PROGRESS.findall(text)
@@ -156,12 +156,13 @@ def kills(work: Path, reference: Path, seed: int, n_kills: int) -> dict:
                     time.sleep(delay)
                     if proc.poll() is None:
                         os.killpg(proc.pid, sig)
+                        fired = True
                 break
             time.sleep(0.1)
         rc = proc.wait()
-        fired = point is not None and rc != 0
         tried.append({"signal": signal.Signals(sig).name, "after_jobs": target, "rule": point,
-                      "delay_s": round(delay, 2), "fired": fired})
+                      "delay_s": round(delay, 2), "fired": fired, "rc": rc,
+                      "log_tail": log.read_text().strip().splitlines()[-2:]})
         if point is None:
             lost += rc != 0  # the run ended by itself before the kill point: it must have succeeded
     run(wd, "--unlock", *SMOKE)
@@ -188,15 +189,18 @@ CORRUPTIONS = [
 
 
 def _corrupt(path: Path, how: str) -> None:
-    """Truncate the file or flip 64 bytes in its second half (data, not the header), keeping its mtime, so that
+    """Truncate the file, or flip up to 64 bytes inside the data of its largest dataset, keeping its mtime, so that
     Snakemake sees nothing out of date and only the forced rule reads it."""
     stat = path.stat()
     raw = path.read_bytes()
     if how == "truncate":
         path.write_bytes(raw[: len(raw) // 2])
     else:
-        at = len(raw) * 3 // 4
-        path.write_bytes(raw[:at] + bytes(b ^ 0xFF for b in raw[at : at + 64]) + raw[at + 64 :])
+        with h5py.File(path) as f:
+            biggest = max(_datasets(f), key=lambda n: f[n].id.get_storage_size())
+            at, size = f[biggest].id.get_offset(), f[biggest].id.get_storage_size()
+        n = min(64, size)
+        path.write_bytes(raw[:at] + bytes(b ^ 0xFF for b in raw[at : at + n]) + raw[at + n :])
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
@@ -295,7 +299,8 @@ def bad_inputs(work: Path) -> list[dict]:
         # the error's own line: "SomeError: message" or "- config key ...", preferring one that names `expect`
         errors = [ln.strip() for ln in text.splitlines()
                   if re.search(r"(^\s*- config key|^\s*[\w.]*(Error|Diverged|Exception): )", ln)]
-        first = next((e for e in errors if expect and expect in e), errors[0] if errors else "")
+        first = next((e for e in errors if expect and expect in e), None) or next(
+            (ln.strip() for ln in text.splitlines() if expect and expect in ln and "File " not in ln), "")
         rows.append({"case": case, "failed": proc.returncode != 0, "named": bool(expect) and expect in text,
                      "first_line": re.sub(r"\s+", " ", first)[:200]})
     return rows
@@ -343,7 +348,7 @@ def print_summary(r: dict) -> None:
               f"directory both finished: {c['both_finished']}, results equal: {c['second_experiment_equal']}")
     if "kills" in r:
         k = r["kills"]
-        print(f"kills: {k['fired']} of {len(k['points'])} interruptions fired "
+        print(f"kills: {k['fired']} of {len(k['points'])} interruptions fired over {k['jobs']} jobs "
               f"({', '.join(p['signal'] + '@' + str(p['rule']) for p in k['points'] if p['fired'])}); recovered identical: "
               f"{k['identical']}; runs lost: {k['runs_lost']}")
         for d in k["differences"]:
