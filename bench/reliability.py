@@ -39,7 +39,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
-PARTS = ["Snakefile", "rules", "report", "scripts", "envs", "config.yaml", "experiments"]
+PARTS = ["Snakefile", "rules", "report", "scripts", "envs", "config.yaml", "experiments", "examples"]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SMOKE = ["--cores", "2", "--configfile", "experiments/smoke.yaml"]
 JOB_LINE = re.compile(r"^(?:local)?rule (\w+):", re.M)
