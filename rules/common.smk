@@ -1,9 +1,14 @@
 # Helpers, wildcard constraints and target functions (no rules here).
 
 from diffattr.config import attribute_image_count, configured_variants
-from diffattr.evaluate.counterfactual import counterfactual_plan
 from diffattr.queries import query_names
-from diffattr.scores.registry import METHODS, attribution_sections, evaluated_methods, method_sections
+from diffattr.scores.registry import (
+    METHODS,
+    attribution_sections,
+    counterfactual_plan,
+    evaluated_methods,
+    method_sections,
+)
 
 RESULTS = f"results/{config['experiment']}"
 ENV = "../envs/diffattr.yaml"

@@ -7,13 +7,13 @@ import pytest
 
 from diffattr.config import validate_config
 from diffattr.evaluate.counterfactual import (
-    counterfactual_plan,
     removal_masks,
     summarize,
     top_fraction_removed,
 )
 from diffattr.io import read_h5
 from diffattr.scores import write_scores
+from diffattr.scores.registry import counterfactual_plan
 
 
 def test_plan_has_random_rows_then_every_counterfactual_method_per_sample():

@@ -157,8 +157,8 @@ def test_report_builds(smoke_study):
 
 
 def test_counterfactual_retraining(smoke_study):
-    from diffattr.evaluate.counterfactual import counterfactual_plan
     from diffattr.io import read_h5
+    from diffattr.scores.registry import counterfactual_plan
 
     plan = counterfactual_plan(SMOKE)
     rem = read_h5(smoke_study / "counterfactual/removals.h5")

@@ -17,24 +17,6 @@ from scipy.stats import sem
 
 from diffattr.io import Artefact
 from diffattr.scores.io import damping_index, target_sign
-from diffattr.scores.registry import counterfactual_methods
-
-
-def counterfactual_plan(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The retraining runs of the counterfactual evaluation, one per row (model id ``cf<row>``).
-
-    For each of the first ``evaluate.counterfactual_samples`` samples, each counterfactual method
-    (:func:`~diffattr.scores.registry.counterfactual_methods`: the first K-FAC variant, TRAK, D-TRAK) and each
-    fraction: remove that method's top fraction of training examples for the sample's loss. Plus one random removal
-    per fraction (shared by all samples).
-    """
-    ev = config["evaluate"]
-    methods = counterfactual_methods(config)
-    rows = [{"method": "random", "sample": -1, "fraction": float(p)} for p in ev["counterfactual_fractions"]]
-    for s in range(min(ev["counterfactual_samples"], config["sample"]["n_samples"])):
-        for m in methods:
-            rows.extend({"method": m, "sample": s, "fraction": float(p)} for p in ev["counterfactual_fractions"])
-    return rows
 
 
 def top_fraction_removed(scores: np.ndarray, fraction: float) -> np.ndarray:
@@ -55,7 +37,7 @@ def removal_masks(
     of the loss; random removals draw from seed 0.
 
     Args:
-        plan: :func:`counterfactual_plan` rows.
+        plan: :func:`diffattr.scores.registry.counterfactual_plan` rows.
         loss_scores: Each method's score file for the loss measurement.
         best_damping: Each method's best damping on the loss LDS.
         n: Training-set size.

@@ -1,8 +1,19 @@
 """Attribution scores: the one score format, the query bank, and every method behind the scoring seam
-(:mod:`diffattr.scores.base`; the list of methods is :mod:`diffattr.scores.registry`)."""
+(:mod:`diffattr.scores.base`; the list of methods is :mod:`diffattr.scores.registry`).
 
-from diffattr.scores.bank import QueryBank
-from diffattr.scores.influence import influence_scores
-from diffattr.scores.io import damping_index, read_scores, target_sign, write_scores
+The package imports lazily: the Snakefile imports :mod:`diffattr.scores.registry` at parse time, which must not
+pull in torch.
+"""
 
-__all__ = ["QueryBank", "damping_index", "influence_scores", "read_scores", "target_sign", "write_scores"]
+from importlib import import_module
+
+_EXPORTS = {"QueryBank": "bank", "influence_scores": "influence", "damping_index": "io", "read_scores": "io",
+            "target_sign": "io", "write_scores": "io"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"diffattr.scores.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'diffattr.scores' has no attribute {name!r}")

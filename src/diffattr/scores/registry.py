@@ -124,3 +124,20 @@ def counterfactual_methods(config: Mapping[str, Any]) -> list[str]:
     families = config["evaluate"]["methods"]
     out = [configured_variants(config)[0]] if KFAC in families else []
     return out + [m for m in METHODS if m in families and METHODS[m].counterfactual]
+
+
+def counterfactual_plan(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The retraining runs of the counterfactual evaluation, one per row (model id ``cf<row>``).
+
+    For each of the first ``evaluate.counterfactual_samples`` samples, each counterfactual method
+    (:func:`counterfactual_methods`: the first K-FAC variant, TRAK, D-TRAK) and each
+    fraction: remove that method's top fraction of training examples for the sample's loss. Plus one random removal
+    per fraction (shared by all samples).
+    """
+    ev = config["evaluate"]
+    methods = counterfactual_methods(config)
+    rows = [{"method": "random", "sample": -1, "fraction": float(p)} for p in ev["counterfactual_fractions"]]
+    for s in range(min(ev["counterfactual_samples"], config["sample"]["n_samples"])):
+        for m in methods:
+            rows.extend({"method": m, "sample": s, "fraction": float(p)} for p in ev["counterfactual_fractions"])
+    return rows

@@ -143,7 +143,7 @@ def plot_figures(input: Paths, output: Paths, *, evaluate: Mapping[str, Any]) ->
 
 def select_counterfactuals(input: Paths, output: Paths, *, plan: Sequence[Mapping[str, Any]]) -> None:
     """``counterfactual/removals.h5``: ``masks`` bool ``[n_runs, N]`` (True = kept) with the plan's rows
-    (:func:`diffattr.evaluate.counterfactual.counterfactual_plan`: method, sample, fraction) and the damping used."""
+    (:func:`diffattr.scores.registry.counterfactual_plan`: method, sample, fraction) and the damping used."""
     summary = read_json(input.lds)
     best = {r["method"]: r["best"]["damping"] for r in summary["results"] if r["scores"] == r["target"] == "loss"}
     loss_scores = {}
