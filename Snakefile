@@ -22,6 +22,7 @@ include: "rules/influence.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
 include: "rules/attribute.smk"
+include: "rules/ablations.smk"
 
 
 rule all:

@@ -1,10 +1,11 @@
 # Helpers, wildcard constraints and target functions (no rules here).
 
-from diffattr.config import attribute_image_count, configured_variants
+from diffattr.config import attribute_image_count, configured_variants, gradient_mc_counts
 from diffattr.queries import query_names
 from diffattr.scores.registry import (
     METHODS,
     attribution_sections,
+    counterfactual_methods,
     counterfactual_plan,
     evaluated_methods,
     method_sections,
@@ -27,9 +28,12 @@ def benchmark(name):
     return f"{RESULTS}/benchmarks/{name}.tsv"
 
 
-# Model ids: "full" (the whole training set) and "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed).
+# Model ids: "full" (the whole training set), "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed),
+# "downweight{m}_seed{k}" (all data, the examples outside subset m down-weighted) and "cf{r}" (counterfactual run r).
 wildcard_constraints:
-    model=r"full|subset\d+_seed\d+|cf\d+",
+    model=r"full|subset\d+_seed\d+|downweight\d+_seed\d+|cf\d+",
+    fleet=r"measurements|downweight",
+    mc=r"\d+",
     curvature=r"e?kfac_(mc|empirical)_(expand|reduce)",
     method="|".join(METHODS),
     subset=r"\d+",
@@ -42,8 +46,20 @@ SUBSET_MODELS = [
     for k in range(config["subsets"]["seeds_per_subset"])
 ]
 ALL_MODELS = ["full", *SUBSET_MODELS]
+DOWNWEIGHT = config["ablations"]["downweight"]
+DOWNWEIGHT_MODELS = [
+    f"downweight{m}_seed{k}"
+    for m in range(config["subsets"]["n_subsets"])
+    for k in range(DOWNWEIGHT["seeds_per_subset"])
+] if DOWNWEIGHT["enabled"] else []
+FLEETS = {"measurements": ALL_MODELS, "downweight": DOWNWEIGHT_MODELS}
 CURVATURES = configured_variants(config)
 QUERIES = query_names(config["influence"]["measurements"], config["measure"]["timesteps"])
+TIMESTEP_QUERIES = [q for q in QUERIES if q.startswith("timestep_loss")]
+# what fit_curvature reads of influence (so that new queries or gradient counts never refit the curvature)
+CURVATURE_FIT = {k: config["influence"][k] for k in ("curvature_mc_samples", "batch_size", "seed")}
+GRADIENT_MC = gradient_mc_counts(config["influence"])  # Figs. 7/9: K-FAC scores again for GRADIENT_MC[1:]
+MC_QUERIES = [q for q in QUERIES if q not in TIMESTEP_QUERIES]
 MODEL_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "loss.csv", "train_info.json"]
 
 
@@ -65,14 +81,30 @@ def all_targets():
         *evaluated_score_files(),
         res("metrics/lds.json"),
         res("metrics/counterfactual.json"),
-        *[res(f"figures/{name}.png") for name in FIGURE_NAMES],
+        *[res(f"figures/{name}.{ext}") for name in FIGURE_NAMES for ext in ("png", "csv")],
+        *[res(f"metrics/{name}.json") for name in ABLATION_METRICS],
         res("attributions/index.html"),
     ]
 
 
-FIGURE_NAMES = ["lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual", "counterfactual"]
-if config["evaluate"]["timestep_matrix"]:
-    FIGURE_NAMES.append("timestep_matrix")
+TIMESTEPS_ON = bool(config["evaluate"]["timestep_matrix"])  # Figs. 11, 12 and 16: the timestep losses
+ELBO_ON = "elbo" in config["measure"]["measurements"]  # Fig. 17
+# plot_figures (attribution), plot_measurement_figures (the measurements alone), evaluate_counterfactuals
+ATTRIBUTION_FIGURES = ["lds", "damping", "hessian_ablation", "top_influences", "predicted_vs_actual",
+                       *(["timestep_matrix", "predicted_vs_actual_timesteps"] if TIMESTEPS_ON else [])]
+MEASUREMENT_FIGURES = ["elbo_weighting", *(["elbo_pairs"] if ELBO_ON else []),
+                       *(["timestep_retraining"] if TIMESTEPS_ON else [])]
+TRAJECTORY_ON = any(p["target"] == "trajectory" for p in config["evaluate"]["pairs"])  # Fig. 19
+FP16_ON = "trak_fp16" in config["evaluate"]["methods"]  # Fig. 20
+ATTRIBUTION_FIGURES += [*(["lds_trajectory"] if TRAJECTORY_ON else []), *(["damping_fp16"] if FP16_ON else [])]
+# rules/ablations.smk: Figs. 7/9 (several gradient MC counts), 6 (compression), 13/14 (down-weighting)
+ABLATION_FIGURES = {
+    "gradient_mc": ["damping_gradient_mc"] if len(GRADIENT_MC) > 1 else [],
+    "compression": ["compression"] if config["ablations"]["compression"]["enabled"] else [],
+    "downweight": ["downweight_timestep_matrix", "downweight_retraining"] if DOWNWEIGHT["enabled"] else [],
+}
+ABLATION_METRICS = [name for name, figures in ABLATION_FIGURES.items() if figures]
+FIGURE_NAMES = [*ATTRIBUTION_FIGURES, *MEASUREMENT_FIGURES, *sum(ABLATION_FIGURES.values(), []), "counterfactual"]
 CF_PLAN = counterfactual_plan(config)
 CF_MODELS = [f"cf{r}" for r in range(len(CF_PLAN))]
 
@@ -98,6 +130,14 @@ def evaluated_score_files():
 def kfac_score_files():
     """Score files of every configured K-FAC variant and query."""
     return score_files(CURVATURES)
+
+
+def kfac_mc_score_files(mc):
+    """K-FAC scores with ``mc`` gradient MC draws (Figs. 7/9): scores/{variant}_grad{mc}/{query}.h5, the loss-like
+    queries only; the first count's are the study's own scores/{variant}/{query}.h5."""
+    if int(mc) == GRADIENT_MC[0]:
+        return [res(f"scores/{v}/{q}.h5") for v in CURVATURES for q in MC_QUERIES]
+    return [res(f"scores/{v}_grad{mc}/{q}.h5") for v in CURVATURES for q in MC_QUERIES]
 
 
 def model_input(method):

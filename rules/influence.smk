@@ -9,7 +9,7 @@ rule fit_curvature:
         curvature=res("curvature/{curvature}.h5"),
     params:
         variant="{curvature}",
-        influence=config["influence"],
+        fit=CURVATURE_FIT,
         diffusion=config["diffusion"],
         hflip=config["train"]["hflip"],
         device=config["device"],
@@ -55,3 +55,35 @@ rule compute_kfac_scores:
         ENV
     script:
         "../scripts/compute_kfac_scores.py"
+
+
+# Paper Figs. 7/9: the K-FAC scores again with another gradient MC count (influence.gradient_mc_samples[1:]),
+# from the same fitted curvatures.
+rule compute_kfac_grad_scores:
+    input:
+        model=model_files("full"),
+        train=res("data/train.h5"),
+        samples=res("samples/samples.h5"),
+        curvatures=expand(res("curvature/{curvature}.h5"), curvature=CURVATURES),
+    output:
+        scores=[res(f"scores/{v}_grad{{mc}}/{q}.h5") for v in CURVATURES for q in MC_QUERIES],
+    params:
+        mc_samples=lambda w: int(w.mc),
+        queries=MC_QUERIES,
+        influence=config["influence"],
+        diffusion=config["diffusion"],
+        hflip=config["train"]["hflip"],
+        device=config["device"],
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=config["resources"]["kfac_scores_runtime"],
+    log:
+        logfile("compute_kfac_grad_scores/{mc}"),
+    benchmark:
+        benchmark("compute_kfac_grad_scores/{mc}")
+    conda:
+        ENV
+    script:
+        "../scripts/compute_kfac_grad_scores.py"

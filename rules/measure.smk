@@ -27,15 +27,16 @@ rule measure_model:
         "../scripts/measure_model.py"
 
 
+# measurements.h5: the full model and the retraining fleet; downweight.h5: the down-weighted fleet (Figs. 13/14).
 rule gather_measurements:
     input:
-        measurements=expand(res("measurements/models/{model}.h5"), model=ALL_MODELS),
+        measurements=lambda w: expand(res("measurements/models/{model}.h5"), model=FLEETS[w.fleet]),
     output:
-        measurements=res("measurements/measurements.h5"),
+        measurements=res("measurements/{fleet}.h5"),
     params:
         timesteps=config["measure"]["timesteps"],
     log:
-        logfile("gather_measurements"),
+        logfile("gather_measurements/{fleet}"),
     conda:
         ENV
     script:

@@ -15,6 +15,7 @@ rule train_model:
         model=config["model"],
         train=config["train"],
         diffusion=config["diffusion"],
+        downweight_factor=config["ablations"]["downweight"]["factor"],
         device=config["device"],
     threads: config["resources"]["threads"]
     resources:

@@ -11,8 +11,8 @@ CONFIGS = [REPO / "config.yaml", *sorted((REPO / "experiments").glob("*.yaml"))]
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate_and_name_their_experiment(path: Path):
-    cfg = load_config(path)
     raw = yaml.safe_load(path.read_text())
+    cfg = load_config(REPO / "config.yaml", raw)  # as Snakemake reads `--configfile path`: merged over config.yaml
     assert cfg["experiment"] == raw["experiment"]
     # defaults are filled for every section
     assert {"data", "subsets", "model", "train", "sample", "measure", "influence", "trak"} <= set(cfg)
@@ -54,6 +54,25 @@ def test_invalid_keys_name_key_and_allowed_values(bad, key, allowed):
         validate_config({"experiment": "x", **bad}, source="my.yaml")
     msg = str(exc.value)
     assert "my.yaml" in msg and key in msg and allowed in msg, msg
+
+
+def test_gradient_mc_samples_is_a_count_or_a_list_of_counts():
+    from diffattr.config import gradient_mc_counts
+
+    assert gradient_mc_counts(validate_config({"experiment": "x"})["influence"]) == [32]
+    cfg = validate_config({"experiment": "x", "influence": {"gradient_mc_samples": [250, 10, 1000]}})
+    assert gradient_mc_counts(cfg["influence"]) == [250, 10, 1000]
+    for bad in ([], [8, 8], [0], "many"):
+        with pytest.raises(ConfigError, match="'influence.gradient_mc_samples'"):
+            validate_config({"experiment": "x", "influence": {"gradient_mc_samples": bad}})
+
+
+def test_downweight_ablation_needs_the_timestep_matrix_and_existing_seeds():
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"experiment": "x", "subsets": {"seeds_per_subset": 1},
+                         "ablations": {"downweight": {"enabled": True, "seeds_per_subset": 2}}})
+    assert "'ablations.downweight.seeds_per_subset': 2 exceeds subsets.seeds_per_subset=1" in str(exc.value)
+    assert "needs evaluate.timestep_matrix: true" in str(exc.value)
 
 
 def test_missing_experiment_and_bad_file(tmp_path):

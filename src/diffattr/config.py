@@ -119,6 +119,13 @@ def evaluation_pairs(evaluate: Mapping[str, Any], timesteps: Sequence[int]) -> l
     return pairs
 
 
+def gradient_mc_counts(influence: Mapping[str, Any]) -> list[int]:
+    """``influence.gradient_mc_samples`` as a list: the first count is the one used everywhere, the others only
+    score the K-FAC variants again for the damping curves per count (paper Figs. 7 and 9)."""
+    counts = influence["gradient_mc_samples"]
+    return [int(c) for c in counts] if isinstance(counts, list) else [int(counts)]
+
+
 def attribute_image_count(config: Mapping[str, Any]) -> int:
     """Images named by ``attribute.queries``: one per file, one per index of a ``samples.h5:<i>,<j>`` entry."""
     return sum(len(q.split(":", 1)[1].split(",")) if ".h5:" in q else 1 for q in config["attribute"]["queries"])
@@ -144,6 +151,15 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if pair["scores"] not in queried:
             problems.append(f"config key 'evaluate.pairs[{i}].scores': {pair['scores']!r} has no scores "
                             f"(influence.measurements gives {sorted(queried)})")
+    dw = cfg["ablations"]["downweight"]
+    if dw["enabled"]:
+        if dw["seeds_per_subset"] > cfg["subsets"]["seeds_per_subset"]:
+            problems.append(f"config key 'ablations.downweight.seeds_per_subset': {dw['seeds_per_subset']} exceeds "
+                            f"subsets.seeds_per_subset={cfg['subsets']['seeds_per_subset']} (seed k reuses subset "
+                            "m's k-th seed)")
+        if not cfg["evaluate"]["timestep_matrix"]:
+            problems.append("config key 'ablations.downweight.enabled': true needs evaluate.timestep_matrix: true "
+                            "(its figures are the timestep matrices on the down-weighted models)")
     for section in ("influence", "trak"):
         grid, default = cfg[section]["dampings"], cfg[section]["default_damping"]
         if not any(abs(d - default) <= 1e-9 * abs(default) for d in grid):

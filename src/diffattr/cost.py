@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffattr.config import attribute_image_count, configured_variants, load_config
+from diffattr.config import attribute_image_count, configured_variants, gradient_mc_counts, load_config
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.models import build_unet
 from diffattr.queries import query_names
@@ -102,9 +102,9 @@ def job_seconds(
     icfg, mcfg, tr = cfg["influence"], cfg["measure"], cfg["train"]
     fwd, grad = ref["forward_s_per_image"], ref["gradient_s_per_example_draw"]
     n_queries = len(query_names(icfg["measurements"], mcfg["timesteps"]))
-    query_draws = S * n_queries * icfg["gradient_mc_samples"]
+    query_draws = S * n_queries * gradient_mc_counts(icfg)[0]
     if rule == "train_model":
-        steps = tr["subset_steps"] if wildcards.get("model", "").startswith("subset") else tr["steps"]
+        steps = tr["subset_steps"] if wildcards.get("model", "").startswith("subset") else tr["steps"]  # downweight: all
         if tr["precision"] not in ref["train_step_s"]:
             raise ValueError(f"train.precision {tr['precision']!r} has no reference step time (have "
                              f"{sorted(ref['train_step_s'])})")
@@ -123,15 +123,21 @@ def job_seconds(
             s += N * icfg["curvature_mc_samples"] * grad
         return s
     if rule == "compute_kfac_scores":
-        return (bank_passes * N * icfg["gradient_mc_samples"] + query_draws) * grad
+        return (bank_passes * N * gradient_mc_counts(icfg)[0] + query_draws) * grad
+    if rule == "compute_kfac_grad_scores":  # the same pass with another gradient count, loss-like queries only
+        mc = int(wildcards["mc"])
+        n_loss_like = len([q for q in query_names(icfg["measurements"], mcfg["timesteps"]) if "timestep" not in q])
+        return (N * mc + S * n_loss_like * mc) * grad
+    if rule == "compression_ablation":  # the loss queries and one pass of training gradients (the SVDs are small)
+        return (N + S) * gradient_mc_counts(icfg)[0] * grad
     if rule == "attribute_queries":  # one pass of training gradients (K-FAC, the study's curvature) + the queries
         n_q = attribute_image_count(cfg)
-        return (N + n_q) * icfg["gradient_mc_samples"] * grad if n_q else 0.0
+        return (N + n_q) * gradient_mc_counts(icfg)[0] * grad if n_q else 0.0
     if rule == "compute_scores":  # any registered method: priced from its registry entry
         method = METHODS[wildcards["method"]]
         if not method.needs_model:  # a similarity of image embeddings (CLIP)
             return (N + S) * ref.get("clip_forward_s_per_image", fwd)
-        s = (method.gradient_passes * N * icfg["gradient_mc_samples"] + query_draws) * grad
+        s = (method.gradient_passes * N * gradient_mc_counts(icfg)[0] + query_draws) * grad
         if "trak" in method.sections:
             # traker's BasicProjector regenerates its matrix per call: a cost per call (one per block of training
             # gradients and one per query set), linear in k

@@ -79,7 +79,9 @@ def test_scores_equal_the_pipeline_scores(setup, tmp_path):
     write_h5(tmp_path / "p/samples.h5", {"images": pixels, "samples": to_model_space(pixels).numpy()})
     files = [model / "config.json"]
     fit_curvature(paths(model=files, train=tmp_path / "p/train.h5"), paths(curvature=tmp_path / "p/c.h5"),
-                  variant="kfac_mc_expand", influence=CONFIG["influence"], diffusion=CONFIG["diffusion"],
+                  variant="kfac_mc_expand",
+                  fit={k: CONFIG["influence"][k] for k in ("curvature_mc_samples", "batch_size", "seed")},
+                  diffusion=CONFIG["diffusion"],
                   hflip=False, device="cpu")
     compute_kfac_scores(paths(model=files, train=tmp_path / "p/train.h5", samples=tmp_path / "p/samples.h5",
                               curvatures=[tmp_path / "p/c.h5"]),

@@ -101,12 +101,15 @@ def test_top_influences_pick_the_extremes(tmp_path):
                       ("neutral", 0): 3, ("neutral", 1): 4}
 
 
-def test_predicted_vs_actual_writes_one_row_per_subset_and_sample(tmp_path):
+def test_predicted_vs_actual_writes_one_row_per_panel_subset_and_sample(tmp_path):
     predicted, actual = np.arange(6.0).reshape(3, 2), -np.arange(6.0).reshape(3, 2)
-    figures.predicted_vs_actual(predicted, actual, tmp_path / "s.png", tmp_path / "s.csv")
+    figures.predicted_vs_actual({"loss": (predicted, actual), "timestep_loss_t1": (actual, predicted)},
+                                tmp_path / "s.png", tmp_path / "s.csv")
+    _png_ok(tmp_path / "s.png")
     rows = _csv(tmp_path / "s.csv")
-    assert [(int(r["subset"]), int(r["sample"]), float(r["predicted"]), float(r["actual"])) for r in rows] == \
-        [(m, s, float(2 * m + s), -float(2 * m + s)) for m in range(3) for s in range(2)]
+    got = [(r["measurement"], int(r["subset"]), int(r["sample"]), float(r["predicted"]), float(r["actual"])) for r in rows]
+    assert got == [("loss", m, s, float(2 * m + s), -float(2 * m + s)) for m in range(3) for s in range(2)] + \
+        [("timestep_loss_t1", m, s, -float(2 * m + s), float(2 * m + s)) for m in range(3) for s in range(2)]
 
 
 def test_counterfactual_bars_per_fraction_and_method(tmp_path):

@@ -12,7 +12,8 @@ from diffattr.diffusion import Schedule
 from diffattr.diffusion.draws import example_draws, noisy_inputs
 from diffattr.gradients import training_gradients
 from diffattr.models import build_unet
-from diffattr.scores.trak import make_projector, project, trak_scores
+from diffattr.scores.bank import QueryBank
+from diffattr.scores.trak import HalfTrakPreconditioner, make_projector, project, trak_scores
 
 
 def test_kernel_from_one_eigendecomposition_equals_the_direct_damped_solve():
@@ -86,3 +87,24 @@ def test_dtrak_output_gradient_matches_finite_differences():
     # and the loss output differs from the square-norm output
     g_loss = training_gradients(wrapper, x0, idx, s, 4, seed=5, output="loss")[0]
     assert not torch.allclose(g, g_loss)
+
+
+def test_float16_trak_matches_float64_at_large_damping_and_breaks_at_tiny_damping():
+    """Paper Fig. 20: half precision is fine when λ is resolvable, and non-finite when λ is lost in the rounding of
+    a singular kernel (N < k)."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(12, 32, generator=g, dtype=torch.float64)  # rank 12 < k = 32: ΦᵀΦ/N is singular
+    query = torch.randn(3, 32, generator=g, dtype=torch.float64)
+    dampings = [1e-9, 1e-1, 1.0]
+    want = trak_scores(query, train, dampings).double()
+    pre = HalfTrakPreconditioner.fit(None, train, dampings)
+    assert pre.inverses.dtype == torch.float16 and pre.train_rows.dtype == torch.float16
+    bank = QueryBank("none", None, dtype=pre.dtype)  # the scoring seam, as compute_scores runs it
+    bank.add(("trak_fp16", "loss"), pre.rotate(query))
+    got = bank.split(bank.dot(pre.train_rows))[("trak_fp16", "loss")].double()
+    assert got.dtype == torch.float64 and bank.dot(pre.train_rows).dtype == torch.float16
+    for d in (1, 2):
+        torch.testing.assert_close(got[d], want[d], rtol=2e-2, atol=2e-2 * want[d].abs().max().item())
+    # 1e-9 is below float16's smallest subnormal: K + λI is K, singular, and its "inverse" is not finite
+    assert not torch.isfinite(got[0]).all()
+    assert torch.isfinite(want[0]).all()

@@ -159,3 +159,54 @@ def test_model_spec():
         model_spec("subset2_seed0", c, seeds)
     with pytest.raises(ValueError, match="invalid model id"):
         model_spec("subset_1", c, seeds)
+    d = model_spec("downweight1_seed1", c, seeds)  # all data, subset 1's seed 1, the full model's steps
+    assert (d.subset, d.seed_index, d.seed, d.steps, d.downweighted) == (1, 1, 22, 100, True)
+    assert not s.downweighted
+
+
+def _params(model):
+    return torch.cat([p.flatten() for p in model.parameters()])
+
+
+def test_unit_weights_equal_no_weights_and_zero_weight_examples_do_not_matter(digits):
+    """Per-example loss weights (paper Figs. 13/14): weight 1 everywhere is the plain loss, bit for bit; an example
+    of weight 0 has no influence on the run, whatever its image."""
+    plain, plain_hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=4, steps=4, progress=False)
+    ones, ones_hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=4, steps=4, progress=False,
+                            weights=torch.ones(len(digits)))
+    assert ones_hist == plain_hist and torch.equal(_params(plain), _params(ones))
+    w = torch.ones(len(digits))
+    w[::2] = 0.0
+    a, _ = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=4, steps=4, progress=False, weights=w)
+    other = digits.clone()
+    other[::2] = -other[::2]  # change only the weight-0 images
+    b, _ = train(build_unet("unet_tiny"), other, Schedule.linear(), cfg(), seed=4, steps=4, progress=False, weights=w)
+    torch.testing.assert_close(_params(a), _params(b), rtol=0, atol=0)
+    assert not torch.equal(_params(a), _params(ones))
+    half, _ = train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(), seed=4, steps=4, progress=False,
+                    weights=torch.where(w > 0, 1.0, 0.5))
+    assert not torch.equal(_params(half), _params(a)) and not torch.equal(_params(half), _params(ones))
+
+
+def test_weighted_run_resumes_only_with_the_same_weights(digits, tmp_path):
+    c = cfg(checkpoint_every=2)
+    w = torch.where(torch.arange(len(digits)) % 2 == 0, 1.0, 0.5)
+    ref, ref_hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=7, steps=6, progress=False,
+                          weights=w)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(_Killed):
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=7, steps=6, checkpoint=ckpt,
+              on_step=_kill_at(5), progress=False, weights=w)
+    steps_run = []
+    resumed, hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=7, steps=6, checkpoint=ckpt,
+                          on_step=lambda s, _: steps_run.append(s), progress=False, weights=w)
+    assert steps_run == [5, 6] and hist == ref_hist and torch.equal(_params(ref), _params(resumed))
+    # the checkpoint of a run with other weights is not resumed
+    ckpt.unlink()  # (the finished run leaves its last checkpoint)
+    with pytest.raises(_Killed):
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=7, steps=6, checkpoint=ckpt,
+              on_step=_kill_at(3), progress=False, weights=w)
+    steps_run.clear()
+    train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=7, steps=6, checkpoint=ckpt,
+          on_step=lambda s, _: steps_run.append(s), progress=False, weights=torch.ones(len(digits)))
+    assert steps_run[0] == 1

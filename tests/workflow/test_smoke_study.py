@@ -108,7 +108,7 @@ def test_lds_metrics_and_figures(smoke_study):
     summary = json.loads((smoke_study / "metrics/lds.json").read_text())
     assert summary["n_subsets"] == M and summary["seeds_per_subset"] == K and summary["n_train"] == 40
     methods = {r["method"] for r in summary["results"]}
-    assert {"trak", "dtrak", "graddot", "kfac_mc_expand", "kfac_empirical_reduce"} == methods
+    assert {"trak", "dtrak", "trak_fp16", "graddot", "kfac_mc_expand", "kfac_empirical_reduce"} == methods
     pairs = {(r["scores"], r["target"]) for r in summary["results"]}
     assert ("loss", "elbo") in pairs  # the measurement-loss substitution
     assert ("timestep_loss_t1", "timestep_loss_t900") in pairs  # the timestep matrix

@@ -100,6 +100,18 @@ class Schedule:
         """p_θ(x_{t-1} | x_t) = N(mean, var I) with the ``fixed_small`` variance β̃_t, given ε_θ(x_t, t)."""
         return self.posterior(self.predict_x0(x_t, t, eps), x_t, t)
 
+    def elbo_weights(self) -> torch.Tensor:
+        """Weight of ||ε - ε_θ(x_t, t)||² in the ELBO's step term L_{t-1} (paper Fig. 18), ``[T]`` float64.
+
+        With the ``fixed_small`` variance, KL(q(x_{t-1}|x_t, x_0) || p_θ(x_{t-1}|x_t)) =
+        β_t² / (2 β̃_t (1 - β_t)(1 - ᾱ_t)) · ||ε - ε_θ||² for t ≥ 1 (index; paper step t+1 ≥ 2), where the training
+        loss weighs every step by 1. Index 0 is the decoder term, a discretised likelihood rather than a squared
+        error: NaN.
+        """
+        w = self.betas**2 / (2 * self.posterior_var * (1 - self.betas) * (1 - self.alphas_cumprod))
+        w[0] = float("nan")
+        return w
+
 
 def ddpm_loss(
     eps_model: EpsModel,

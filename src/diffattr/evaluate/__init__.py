@@ -3,9 +3,12 @@
 from diffattr.evaluate.lds import (
     LDSResult,
     actual_by_subset,
+    finite,
     lds,
+    lds_results,
     oracle_lds,
     predicted_changes,
+    retraining_correlation,
     spearman_per_column,
     target_values,
 )
@@ -13,9 +16,12 @@ from diffattr.evaluate.lds import (
 __all__ = [
     "LDSResult",
     "actual_by_subset",
+    "finite",
     "lds",
+    "lds_results",
     "oracle_lds",
     "predicted_changes",
+    "retraining_correlation",
     "spearman_per_column",
     "target_values",
 ]

@@ -12,13 +12,19 @@ The exact-retraining oracle predicts the mean over the other seeds with one seed
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import sem, spearmanr
 
 from diffattr.io import Artefact
 from diffattr.queries import parse_query
+from diffattr.scores.io import damping_index, read_scores, target_sign
+from diffattr.scores.registry import family
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,85 @@ def lds(scores: np.ndarray, masks: np.ndarray, actual: np.ndarray) -> LDSResult:
     return LDSResult(spearman_per_column(predicted_changes(scores, masks), actual.mean(axis=1)))
 
 
-def oracle_lds(actual: np.ndarray) -> LDSResult:
-    """Exact retraining: seed k's measurements against the mean of the other seeds', averaged over k. ``[M, K, S]``."""
-    k = actual.shape[1]
-    if k < 2:
-        raise ValueError("the exact-retraining oracle needs at least 2 seeds per subset")
+def retraining_correlation(actual_from: np.ndarray, actual_to: np.ndarray) -> LDSResult:
+    """How well retraining predicts a measurement from another one's actual changes (paper Figs. 12 and 14).
+
+    Seed k's models' ``actual_from`` against the mean of the other seeds' ``actual_to``, Spearman over subsets,
+    averaged over k (one seed's noise never meets itself); with one seed per subset, that seed against itself.
+
+    Args:
+        actual_from: ``[M, K, S]`` actual values of the predicting measurement.
+        actual_to: ``[M, K, S]`` actual values of the predicted measurement.
+    """
+    k = actual_from.shape[1]
+    if k == 1:
+        return LDSResult(spearman_per_column(actual_from[:, 0], actual_to[:, 0]))
     per_seed = []
     for s in range(k):
-        others = np.delete(actual, s, axis=1).mean(axis=1)
-        per_seed.append(spearman_per_column(actual[:, s], others))
+        others = np.delete(actual_to, s, axis=1).mean(axis=1)
+        per_seed.append(spearman_per_column(actual_from[:, s], others))
     return LDSResult(np.nanmean(np.stack(per_seed), axis=0))
+
+
+def oracle_lds(actual: np.ndarray) -> LDSResult:
+    """Exact retraining: seed k's measurements against the mean of the other seeds', averaged over k. ``[M, K, S]``."""
+    if actual.shape[1] < 2:
+        raise ValueError("the exact-retraining oracle needs at least 2 seeds per subset")
+    return retraining_correlation(actual, actual)
+
+
+def finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def lds_results(
+    score_paths: Sequence[str | Path], pairs: Sequence[Mapping[str, str]], masks: np.ndarray,
+    actual: Mapping[str, np.ndarray],
+) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """The LDS of every score file for every (scores, target) pair it serves, at every damping.
+
+    Args:
+        score_paths: Score files (``scores/{method}/{query}.h5``).
+        pairs: ``{"scores": query, "target": measurement}`` pairs; a file serves those whose ``scores`` is its query.
+        masks: ``[M, N]`` subset masks (True = kept, or kept at full weight).
+        actual: target -> ``[M, K, S]`` actual values (:func:`actual_by_subset`).
+
+    Returns:
+        One entry per (file, pair) — method, family, scores, target, predicts, sign, dampings, lds_mean, lds_se,
+        best and default (damping, mean, se), gradient_mc_samples — and the per-sample rows (method, scores,
+        target, damping, sample, lds).
+    """
+    results, rows = [], []
+    for path in score_paths:
+        art = read_scores(path)
+        method, scored = art.attrs["method"], art.attrs["measurement"]
+        for pair in pairs:
+            if pair["scores"] != scored:
+                continue
+            target = pair["target"]
+            sign = target_sign(art, target)  # e.g. loss scores against the ELBO: -1 (one orientation for all)
+            curve = [lds(sign * art["scores"][d], masks, actual[target]) for d in range(len(art["dampings"]))]
+            means = [c.mean for c in curve]
+            best = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
+            default = art.attrs["default_damping"]
+            dflt = damping_index(art["dampings"], default) if math.isfinite(default) else None
+            results.append({
+                "method": method,
+                "family": family(method),
+                "scores": scored,
+                "target": target,
+                "predicts": art.attrs["predicts"],
+                "sign": sign,
+                "dampings": [finite(d) for d in art["dampings"]],  # NaN (undamped methods) -> null
+                "lds_mean": [finite(c.mean) for c in curve],
+                "lds_se": [finite(c.se) for c in curve],
+                "best": {"damping": finite(art["dampings"][best]), "mean": finite(curve[best].mean),
+                         "se": finite(curve[best].se)},
+                "default": None if dflt is None else {
+                    "damping": float(art["dampings"][dflt]), "mean": finite(curve[dflt].mean),
+                    "se": finite(curve[dflt].se)},
+                "gradient_mc_samples": (art.config.get("gradients") or {}).get("mc_samples"),
+            })
+            for d, c in zip(art["dampings"], curve, strict=True):
+                rows.extend((method, scored, target, float(d), i, c.per_sample[i]) for i in range(len(c.per_sample)))
+    return results, rows

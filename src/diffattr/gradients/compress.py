@@ -1,6 +1,7 @@
-"""int8 quantisation of (preconditioned) query gradients (paper appendix C).
+"""Compression of (preconditioned) query gradients (paper appendix C): int8 quantisation, and the b-bit and
+rank-r SVD alternatives of the compression ablation (Fig. 6).
 
-Symmetric, per row and per group of columns: q = round(127 · v / max|v|) with one scale max|v| / 127 for every
+int8 quantisation is what the scores use: symmetric, per row and per group of columns: q = round(127 · v / max|v|) with one scale max|v| / 127 for every
 (row, group). The groups are the parameter tensors (a layer's weight, its bias), as in the paper's code, which
 quantises each parameter's gradient on its own. One scale per whole row is not enough at small damping: the
 preconditioned row is then dominated by a few near-null eigendirections of one layer, and a single scale rounds
@@ -10,6 +11,7 @@ with per-parameter scales).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -39,3 +41,42 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, group_sizes: Sequence
     for part, scale in zip(out.split(_groups(q.shape[1], group_sizes), dim=1), scales.unbind(1), strict=True):
         part.mul_(scale[:, None])  # in place, through the view
     return out
+
+
+def quantize_dequantize(x: torch.Tensor, bits: int, group_sizes: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+    """``x`` ``[n, P]`` through symmetric ``bits``-bit quantisation per (row, group) and back (the compression
+    ablation, paper Fig. 6; :func:`quantize_int8` is the 8-bit case the scores use).
+
+    Returns:
+        The dequantised float32 ``[n, P]`` and the bits stored per row (``bits`` per entry + a float32 scale per
+        group).
+    """
+    levels = 2 ** (bits - 1) - 1
+    parts = []
+    for part in x.float().split(_groups(x.shape[1], group_sizes), dim=1):
+        scale = part.abs().amax(dim=1, keepdim=True) / levels
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        parts.append(torch.round(part / safe).clamp_(-levels, levels) * scale)
+    return torch.cat(parts, dim=1), bits * x.shape[1] + 32 * len(_groups(x.shape[1], group_sizes))
+
+
+def svd_compress(x: torch.Tensor, shapes: Sequence[Sequence[int]], rank: int) -> tuple[torch.Tensor, int]:
+    """``x`` ``[n, P]`` with each parameter matrix (a weight ``[out, ...]`` as ``[out, in·k·k]``) replaced by its
+    best rank-``rank`` approximation, as Grosse et al. (2023) compress query gradients; vectors (biases) are kept.
+
+    Returns:
+        The compressed float32 ``[n, P]`` and the float32 bits stored per row (r·(out + in) per matrix, the
+        vectors in full).
+    """
+    parts, bits = [], 0
+    for part, shape in zip(x.float().split([math.prod(s) for s in shapes], dim=1), shapes, strict=True):
+        if len(shape) < 2:
+            parts.append(part)
+            bits += 32 * part.shape[1]
+            continue
+        mat = part.reshape(part.shape[0], shape[0], -1)
+        r = min(rank, *mat.shape[1:])
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+        parts.append(((u[..., :r] * s[:, None, :r]) @ vh[:, :r]).reshape(part.shape))
+        bits += 32 * r * sum(mat.shape[1:])
+    return torch.cat(parts, dim=1), bits

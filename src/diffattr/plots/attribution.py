@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from diffattr.io import atomic_path
-from diffattr.plots.figures import _save, plt
+from diffattr.plots.figures import plt, save_figure
 
 
 def _show(ax, image: np.ndarray) -> None:
@@ -54,7 +54,7 @@ def attribution_panel(
             else:
                 ax.axis("off")
     fig.suptitle(title, fontsize=8)
-    _save(fig, png)
+    save_figure(fig, png)
 
 
 def index_html(path: str | Path, title: str, summary: Mapping[str, Any], pictures: Sequence[str],

@@ -1,12 +1,14 @@
 """The paper's figures from the study's artefacts (PNG, plus the data behind each as CSV).
 
-- :func:`lds_bars` — LDS per method with error bars and the exact-retraining oracle, per target (Fig. 2).
-- :func:`damping_curves` — LDS against damping per method (Figs. 7–10).
+- :func:`lds_bars` — LDS per method with error bars and the exact-retraining oracle, per target (Figs. 2, 19).
+- :func:`damping_curves` — LDS against damping per method (Figs. 7–10, 20: NaN marked ×).
 - :func:`hessian_ablation` — K-FAC expand/reduce × MC/empirical Fisher (Fig. 4).
 - :func:`top_influences` — most positive / negative / neutral training images per sample (Fig. 1).
-- :func:`predicted_vs_actual` — predicted against actual change in loss over the retrained models (Fig. 15).
-- :func:`timestep_matrix` — LDS of timestep-loss targets against the timestep used for the scores (Fig. 11).
+- :func:`predicted_vs_actual` — predicted against actual change over the retrained models (Fig. 15; Fig. 16 per
+  timestep loss).
+- :func:`timestep_matrix` — LDS of timestep-loss targets against the timestep used for the scores (Figs. 11, 13).
 - :func:`counterfactual_bars` — change in loss after removing the top influences vs random (Fig. 3).
+- :func:`compression_ablation` — compressed against uncompressed query gradients (Fig. 6).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from diffattr.queries import parse_query  # noqa: E402
 from diffattr.scores.registry import KFAC, label  # noqa: E402
 
 
-def _save(fig: plt.Figure, png: str | Path) -> None:
+def save_figure(fig: plt.Figure, png: str | Path) -> None:
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
-def _write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -83,8 +85,8 @@ def lds_bars(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path) 
     fig.suptitle(f"{summary['experiment']}: LDS over {summary['n_samples']} samples, "
                  f"M={summary['n_subsets']} subsets x K={summary['seeds_per_subset']} seeds "
                  "(bars: best damping; dots: default damping)", fontsize=9)
-    _save(fig, png)
-    _write_csv(csv_path, ["target", "method", "scores", "best_damping", "lds_best", "se_best", "lds_default"], rows)
+    save_figure(fig, png)
+    write_csv(csv_path, ["target", "method", "scores", "best_damping", "lds_best", "se_best", "lds_default"], rows)
 
 
 def damping_curves(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path) -> None:
@@ -102,15 +104,19 @@ def damping_curves(summary: Mapping[str, Any], png: str | Path, csv_path: str | 
                 continue
             y = np.array([np.nan if v is None else 100 * v for v in r["lds_mean"]])
             e = np.array([np.nan if v is None else 100 * v for v in r["lds_se"]])
-            ax.errorbar(r["dampings"], y, yerr=e, marker="o", ms=3, capsize=2, label=label(r["method"]))
+            line = ax.errorbar(r["dampings"], y, yerr=e, marker="o", ms=3, capsize=2, label=label(r["method"]))
+            nan = np.isnan(y)
+            if nan.any():  # NaN LDS (non-finite scores, e.g. float16 at small damping): × on the zero line (Fig. 20)
+                ax.plot(np.asarray(r["dampings"], dtype=float)[nan], np.zeros(nan.sum()), "x", ms=8, mew=2,
+                        color=line[0].get_color())
             rows.extend((scored, target, r["method"], d, m, s) for d, m, s in zip(r["dampings"], r["lds_mean"], r["lds_se"], strict=True))
         ax.set_xscale("log")
         ax.set_xlabel("damping λ (on the GGN of the mean loss)")
         ax.set_ylabel("LDS (%)")
         ax.set_title(f"{scored} -> {target}", fontsize=9)
         ax.legend(fontsize=7)
-    _save(fig, png)
-    _write_csv(csv_path, ["scores", "target", "method", "damping", "lds_mean", "lds_se"], rows)
+    save_figure(fig, png)
+    write_csv(csv_path, ["scores", "target", "method", "damping", "lds_mean", "lds_se"], rows)
 
 
 def hessian_ablation(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path, target: str = "loss") -> None:
@@ -127,8 +133,8 @@ def hessian_ablation(summary: Mapping[str, Any], png: str | Path, csv_path: str 
     ax.set_xticks(x, [r["method"].replace("_", "\n", 1).replace("kfac\n", "K-FAC ") for r in entries], fontsize=8)
     ax.set_ylabel(f"LDS (%), target {target}")
     ax.set_title("Hessian approximation ablation", fontsize=9)
-    _save(fig, png)
-    _write_csv(csv_path, ["method", "best_damping", "lds_best", "se_best"],
+    save_figure(fig, png)
+    write_csv(csv_path, ["method", "best_damping", "lds_best", "se_best"],
                [(r["method"], r["best"]["damping"], r["best"]["mean"], r["best"]["se"]) for r in entries])
 
 
@@ -174,30 +180,37 @@ def top_influences(
     for c, (kind, _) in enumerate(kinds):
         axes[0, 1 + c * k].set_title(f"{kind}\n{axes[0, 1 + c * k].get_title()}", fontsize=6)
     fig.suptitle(title or "generated sample | most positive | most negative | most neutral training images", fontsize=8)
-    _save(fig, png)
-    _write_csv(csv_path, ["sample", "kind", "rank", "train_index", "score"], rows)
+    save_figure(fig, png)
+    write_csv(csv_path, ["sample", "kind", "rank", "train_index", "score"], rows)
 
 
-def predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, png: str | Path, csv_path: str | Path, title: str = "") -> None:
-    """Fig. 15: predicted against actual change of the measurement, one point per (subset, sample).
+def predicted_vs_actual(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], png: str | Path, csv_path: str | Path, title: str = ""
+) -> None:
+    """Figs. 15 and 16: predicted against actual change of a measurement, one point per (subset, sample), coloured
+    by sample; one panel per measurement.
 
     Args:
-        predicted: ``[M, S]`` predicted change when training on each subset.
-        actual: ``[M, S]`` actual change (mean over seeds minus the full model's value).
+        panels: measurement name -> (``predicted`` ``[M, S]`` change when training on each subset, ``actual``
+            ``[M, S]`` change: mean over seeds minus the full model's value).
     """
-    fig, ax = plt.subplots(figsize=(4, 3.6))
-    ax.scatter(predicted.ravel(), actual.ravel(), s=6, alpha=0.6)
-    lim = [min(predicted.min(), actual.min()), max(predicted.max(), actual.max())]
-    ax.plot(lim, lim, color="black", lw=0.6, ls="--")
-    ax.axhline(0, color="gray", lw=0.5)
-    ax.axvline(0, color="gray", lw=0.5)
-    ax.set_xlabel("predicted change (influence)")
-    ax.set_ylabel("actual change (retrained)")
-    ax.set_title(title, fontsize=8)
-    _save(fig, png)
-    m_idx, s_idx = np.meshgrid(np.arange(predicted.shape[0]), np.arange(predicted.shape[1]), indexing="ij")
-    _write_csv(csv_path, ["subset", "sample", "predicted", "actual"],
-               list(zip(m_idx.ravel(), s_idx.ravel(), predicted.ravel(), actual.ravel(), strict=True)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.4, 3.6), squeeze=False)
+    rows = []
+    for ax, (name, (predicted, actual)) in zip(axes[0], panels.items(), strict=True):
+        m_idx, s_idx = np.meshgrid(np.arange(predicted.shape[0]), np.arange(predicted.shape[1]), indexing="ij")
+        ax.scatter(predicted.ravel(), actual.ravel(), c=s_idx.ravel(), cmap="tab20", s=6, alpha=0.7)
+        lim = [min(predicted.min(), actual.min()), max(predicted.max(), actual.max())]
+        ax.plot(lim, lim, color="black", lw=0.6, ls="--")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.axvline(0, color="gray", lw=0.5)
+        ax.set_xlabel("predicted change (influence)")
+        ax.set_title(f"{name}: {100 * (actual > 0).mean():.0f}% of actual changes > 0", fontsize=8)
+        rows.extend((name, m, s, p, a) for m, s, p, a in
+                    zip(m_idx.ravel(), s_idx.ravel(), predicted.ravel(), actual.ravel(), strict=True))
+    axes[0, 0].set_ylabel("actual change (retrained)")
+    fig.suptitle(title, fontsize=8)
+    save_figure(fig, png)
+    write_csv(csv_path, ["measurement", "subset", "sample", "predicted", "actual"], rows)
 
 
 def counterfactual_bars(summary: Mapping[str, Any], png: str | Path, csv_path: str | Path) -> None:
@@ -217,12 +230,39 @@ def counterfactual_bars(summary: Mapping[str, Any], png: str | Path, csv_path: s
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel("change in loss on the sample")
     ax.legend(fontsize=7)
-    _save(fig, png)
-    _write_csv(csv_path, ["fraction", "method", "mean_change", "se"], rows)
+    save_figure(fig, png)
+    write_csv(csv_path, ["fraction", "method", "mean_change", "se"], rows)
 
 
-def timestep_matrix(summary: Mapping[str, Any], method: str, png: str | Path, csv_path: str | Path) -> None:
-    """Fig. 11: best-damping LDS (%) of ``method`` for every (scores timestep, target timestep) pair."""
+def matrix(
+    grid: np.ndarray, steps: Sequence[int], png: str | Path, csv_path: str | Path, *, title: str, row_label: str,
+    col_label: str, header: Sequence[str],
+) -> None:
+    """A timestep x timestep matrix of percentages with its values written in the cells (Figs. 11–14).
+
+    Args:
+        grid: ``[len(steps), len(steps)]``, rows ``row_label``, columns ``col_label``; NaN cells stay blank.
+        header: CSV column names of (row step, column step, value).
+    """
+    fig, ax = plt.subplots(figsize=(0.6 * len(steps) + 2, 0.55 * len(steps) + 1.5))
+    im = ax.imshow(grid, cmap="viridis")
+    for a in range(len(steps)):
+        for b in range(len(steps)):
+            if np.isfinite(grid[a, b]):
+                ax.text(b, a, f"{grid[a, b]:.0f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(range(len(steps)), steps)
+    ax.set_yticks(range(len(steps)), steps)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, png)
+    write_csv(csv_path, header, [(steps[a], steps[b], grid[a, b]) for a in range(len(steps)) for b in range(len(steps))])
+
+
+def timestep_matrix(summary: Mapping[str, Any], method: str, png: str | Path, csv_path: str | Path,
+                    title: str = "") -> None:
+    """Figs. 11 and 13: best-damping LDS (%) of ``method`` for every (scores timestep, target timestep) pair."""
     entries = [r for r in summary["results"] if r["method"] == method
                and parse_query(r["scores"]).timestep is not None and parse_query(r["target"]).timestep is not None]
     steps = sorted({parse_query(r["scores"]).timestep for r in entries})
@@ -231,17 +271,45 @@ def timestep_matrix(summary: Mapping[str, Any], method: str, png: str | Path, cs
         a = steps.index(parse_query(r["scores"]).timestep)
         b = steps.index(parse_query(r["target"]).timestep)
         grid[a, b] = 100 * (r["best"]["mean"] if r["best"]["mean"] is not None else np.nan)
-    fig, ax = plt.subplots(figsize=(0.6 * len(steps) + 2, 0.55 * len(steps) + 1.5))
-    im = ax.imshow(grid, cmap="viridis")
-    for a in range(len(steps)):
-        for b in range(len(steps)):
-            ax.text(b, a, f"{grid[a, b]:.0f}", ha="center", va="center", fontsize=7, color="white")
-    ax.set_xticks(range(len(steps)), steps)
-    ax.set_yticks(range(len(steps)), steps)
-    ax.set_xlabel("target: loss at timestep")
-    ax.set_ylabel("scores: loss at timestep")
-    ax.set_title(f"{label(method)}: LDS (%) of timestep losses", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    _save(fig, png)
-    _write_csv(csv_path, ["scores_timestep", "target_timestep", "lds_best"],
-               [(steps[a], steps[b], grid[a, b]) for a in range(len(steps)) for b in range(len(steps))])
+    matrix(grid, steps, png, csv_path, title=title or f"{label(method)}: LDS (%) of timestep losses",
+           row_label="scores: loss at timestep", col_label="target: loss at timestep",
+           header=["scores_timestep", "target_timestep", "lds_best"])
+
+
+def compression_ablation(rows: Sequence[Mapping[str, Any]], png: str | Path, csv_path: str | Path, title: str = "") -> None:
+    """Fig. 6: correlation of compressed-gradient scores with uncompressed ones, and their LDS, against the
+    compression ratio; one line per kind (``svd``, ``quantise``), the uncompressed LDS dashed.
+
+    Args:
+        rows: One per scheme: scheme, kind (``none``/``svd``/``quantise``), parameter (rank or bits), ratio,
+            pearson, spearman, lds_mean, lds_se (and bits_per_row).
+    """
+    fig, (ax_c, ax_l) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for kind, color in (("svd", "tab:orange"), ("quantise", "tab:blue")):
+        mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["ratio"])
+        if not mine:
+            continue
+        x = [r["ratio"] for r in mine]
+        name = "SVD (rank r)" if kind == "svd" else "quantisation (b bits)"
+        ax_c.plot(x, [100 * r["pearson"] for r in mine], "o-", color=color, label=f"{name}, Pearson")
+        ax_c.plot(x, [100 * r["spearman"] for r in mine], "s--", color=color, label=f"{name}, Spearman")
+        ax_l.errorbar(x, [100 * (r["lds_mean"] if r["lds_mean"] is not None else np.nan) for r in mine],
+                      yerr=[100 * (r["lds_se"] or 0) for r in mine], marker="o", capsize=2, color=color, label=name)
+        for r in mine:
+            ax_c.annotate(("r=" if kind == "svd" else "b=") + str(r["parameter"]), (r["ratio"], 100 * r["spearman"]),
+                          fontsize=6, textcoords="offset points", xytext=(2, -8))
+    ref = next(r for r in rows if r["kind"] == "none")
+    if ref["lds_mean"] is not None:
+        ax_l.axhline(100 * ref["lds_mean"], ls="--", color="black", lw=0.8, label="uncompressed")
+    for ax in (ax_c, ax_l):
+        ax.set_xscale("log")
+        ax.set_xlabel("compression ratio (float32 bits / stored bits)")
+        ax.legend(fontsize=6)
+    ax_c.set_ylabel("correlation with uncompressed scores (%)")
+    ax_l.set_ylabel("LDS (%)")
+    fig.suptitle(title, fontsize=8)
+    save_figure(fig, png)
+    write_csv(csv_path, ["scheme", "kind", "parameter", "ratio", "pearson", "spearman", "lds_mean", "lds_se"],
+              [(r["scheme"], r["kind"], r["parameter"], r["ratio"], r["pearson"], r["spearman"], r["lds_mean"],
+                r["lds_se"]) for r in rows])
+

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from diffattr.config import gradient_mc_counts
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.data import read_train
 from diffattr.data.space import to_model_space
@@ -62,7 +63,8 @@ class GradientArgs:
 
     @classmethod
     def from_sections(cls, influence: Mapping[str, Any], hflip: bool) -> GradientArgs:
-        return cls(int(influence["gradient_mc_samples"]), int(influence["batch_size"]), int(influence["seed"]),
+        """From the ``influence`` section (its first gradient MC count) and ``train.hflip``."""
+        return cls(gradient_mc_counts(influence)[0], int(influence["batch_size"]), int(influence["seed"]),
                    bool(hflip), influence["query_compression"], int(influence["bank_memory_mb"]))
 
     @property

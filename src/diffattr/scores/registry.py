@@ -58,6 +58,7 @@ _GRADIENTS = ("influence", "diffusion", "train.hflip")
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("trak", "TRAK", "diffattr.scores.trak:score_trak", ("trak", *_GRADIENTS), counterfactual=True),
     MethodInfo("dtrak", "D-TRAK", "diffattr.scores.trak:score_dtrak", ("trak", *_GRADIENTS), counterfactual=True),
+    MethodInfo("trak_fp16", "TRAK (float16)", "diffattr.scores.trak:score_trak_fp16", ("trak", *_GRADIENTS)),
     MethodInfo("graddot", "Gradient dot product", "diffattr.scores.graddot:score", _GRADIENTS),
     MethodInfo("clip", "CLIP", "diffattr.scores.clip:score_clip", ("clip",), needs_model=False, gradient_passes=0),
 )}
@@ -101,13 +102,16 @@ def family(method: str) -> str:
 
 def label(method: str) -> str:
     """Display name: K-FAC variants spelled out (``K-FAC (mc, expand)``, ``EK-FAC (empirical, reduce)``), the
-    recommended ``kfac_mc_expand`` plain ``K-FAC``."""
+    recommended ``kfac_mc_expand`` plain ``K-FAC``; ``<variant>_grad<n>`` (another gradient MC count, Figs. 7/9)
+    adds ``, n gradient samples``."""
     if method in METHODS:
         return METHODS[method].label
-    if is_kfac(method):
-        kind, fisher, approx = method.split("_")
+    base, _, count = method.partition("_grad")
+    if is_kfac(base) and base.count("_") == 2:
+        kind, fisher, approx = base.split("_")
         name = "EK-FAC" if kind == "ekfac" else "K-FAC"
-        return name if method == "kfac_mc_expand" else f"{name} ({fisher}, {approx})"
+        name = name if base == "kfac_mc_expand" else f"{name} ({fisher}, {approx})"
+        return f"{name}, {count} gradient samples" if count else name
     return method
 
 

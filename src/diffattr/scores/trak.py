@@ -12,6 +12,10 @@ query's bank rows are φ(x)ᵀV / (e + λ), so the bank never grows with more th
 
 D-TRAK: the same with the square-norm output ||ε_θ(x_t, t)||² in place of the loss, for the training and the
 query gradients.
+
+TRAK in float16 (``trak_fp16``, paper Fig. 20): the features, the kernel ΦᵀΦ/N + λI, its inverse and the scores are
+float16 numbers (:class:`HalfTrakPreconditioner`), so small dampings vanish in the rounding and large kernels
+overflow; the non-finite scores that result are kept (NaN LDS, marked in the figure).
 """
 
 from __future__ import annotations
@@ -120,6 +124,44 @@ class TrakPreconditioner:
         return self.rotate(project(self.projector, query_grads))
 
 
+@dataclass
+class HalfTrakPreconditioner:
+    """TRAK with every stored number in float16 (paper Fig. 20): K = ΦᵀΦ/N and K + λI rounded to float16 (a λ below
+    float16's resolution of K's diagonal is lost), (K + λI)⁻¹ rounded to float16, bank rows φ(x)ᵀ(K + λI)⁻¹ and the
+    scores computed in float16. torch has no float16 matrix inverse, so the inverse of the float16 matrix is taken
+    in float32 and rounded; a singular one (info ≠ 0) gives NaN rows, as the paper's × cells."""
+
+    projector: Any
+    inverses: torch.Tensor  # [n_damping, k, k] float16
+    train_rows: torch.Tensor  # Φ [N, k] float16
+    dampings: Sequence[float]
+    group_sizes: None = None
+    compression: str = "none"
+    dtype: torch.dtype = torch.float16
+
+    @classmethod
+    def fit(cls, projector: Any, features: torch.Tensor, dampings: Sequence[float]) -> HalfTrakPreconditioner:
+        phi = features.half()
+        kernel = (phi.T @ phi) / phi.shape[0]
+        eye = torch.eye(kernel.shape[0], dtype=torch.float16, device=kernel.device)
+        inverses = []
+        for lam in dampings:
+            inv, info = torch.linalg.inv_ex((kernel + eye * lam).float())
+            inverses.append(torch.full_like(inv, float("nan")) if int(info) != 0 else inv)
+        return cls(projector, torch.stack(inverses).half(), phi, list(dampings))
+
+    @property
+    def width(self) -> int:
+        return self.train_rows.shape[1]
+
+    def rotate(self, features: torch.Tensor) -> torch.Tensor:
+        """Query features ``[n, k]`` -> ``[n_damping, n, k]`` float16 rows φᵀ(K + λI)⁻¹."""
+        return torch.stack([features.half() @ inv for inv in self.inverses])
+
+    def precondition(self, query_grads: torch.Tensor) -> torch.Tensor:
+        return self.rotate(project(self.projector, query_grads))
+
+
 def train_features(inputs: GradientInputs, args: TrakArgs, projector: Any, progress: bool = True) -> torch.Tensor:
     """Projected training gradients Φ ``[N, k]``, :data:`TRAK_BLOCK` examples per projector call."""
     n, g = inputs.images.shape[0], args.gradients
@@ -133,7 +175,7 @@ def train_features(inputs: GradientInputs, args: TrakArgs, projector: Any, progr
 
 
 def _score(method: str, output: str, sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
-           progress: bool, cache: Any) -> tuple[list[ScoreFile], dict[str, float]]:
+           progress: bool, cache: Any, half: bool = False) -> tuple[list[ScoreFile], dict[str, float]]:
     tcfg = sections["trak"]
     args = TrakArgs(GradientArgs.from_sections(sections["influence"], sections["train.hflip"]), output,
                     int(tcfg["projection_dim"]), int(tcfg["seed"]), list(tcfg["dampings"]), float(tcfg["default_damping"]))
@@ -141,7 +183,7 @@ def _score(method: str, output: str, sections: Mapping[str, Any], inputs: Gradie
     projector = make_projector(inputs.n_params, args.projection_dim, args.projection_seed, device)
     t0 = time.perf_counter()
     features = (cache or NoCache()).matrix(f"{output}_features", lambda: train_features(inputs, args, projector, progress))
-    pre = TrakPreconditioner.fit(projector, features.to(device), args.dampings)
+    pre = (HalfTrakPreconditioner if half else TrakPreconditioner).fit(projector, features.to(device), args.dampings)
     fit_s = time.perf_counter() - t0
     scores, timings = score_gradients(
         {method: pre}, queries, inputs.samples.shape[0],
@@ -163,3 +205,9 @@ def score_dtrak(sections: Mapping[str, Any], inputs: GradientInputs, queries: Se
                 progress: bool = True, cache: Any = None) -> tuple[list[ScoreFile], dict[str, float]]:
     """D-TRAK scores: the square-norm output's gradients for training examples and queries alike."""
     return _score("dtrak", "square_norm", sections, inputs, queries, progress, cache)
+
+
+def score_trak_fp16(sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
+                    progress: bool = True, cache: Any = None) -> tuple[list[ScoreFile], dict[str, float]]:
+    """TRAK scores computed in float16 (paper Fig. 20): :class:`HalfTrakPreconditioner`."""
+    return _score("trak_fp16", "loss", sections, inputs, queries, progress, cache, half=True)

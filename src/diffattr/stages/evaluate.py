@@ -5,8 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,27 @@ import numpy as np
 
 from diffattr.config import evaluation_pairs
 from diffattr.data import read_subsets, read_train
-from diffattr.evaluate import actual_by_subset, lds, oracle_lds, predicted_changes, target_values
+from diffattr.diffusion import Schedule
+from diffattr.evaluate import (
+    actual_by_subset,
+    finite,
+    lds_results,
+    oracle_lds,
+    predicted_changes,
+    retraining_correlation,
+    target_values,
+)
 from diffattr.evaluate.counterfactual import removal_masks, summarize
 from diffattr.io import atomic_path, read_h5, read_json, write_h5
 from diffattr.measure import read_measurements
-from diffattr.plots import figures
+from diffattr.plots import figures, measurements
+from diffattr.queries import TIMESTEP_LOSS, query_names
 from diffattr.sampling import read_samples
 from diffattr.scores.io import damping_index, read_scores, target_sign
-from diffattr.scores.registry import family, label
+from diffattr.scores.registry import label
 from diffattr.stages import Paths
 
 log = logging.getLogger(__name__)
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def compute_lds(
@@ -45,39 +50,10 @@ def compute_lds(
     actual = {t: actual_by_subset(target_values(meas, t), meas["subset"], meas["seed_index"], M) for t in targets}
     S = next(iter(actual.values())).shape[2]
     oracle = {t: oracle_lds(a) for t, a in actual.items()} if K >= 2 else {}
-    results, rows = [], []
-    for path in input.scores:
-        art = read_scores(path)
-        method, scored = art.attrs["method"], art.attrs["measurement"]
-        for pair in pairs:
-            if pair["scores"] != scored:
-                continue
-            target = pair["target"]
-            sign = target_sign(art, target)  # e.g. loss scores against the ELBO: -1 (one orientation for all)
-            curve = [lds(sign * art["scores"][d], masks, actual[target]) for d in range(len(art["dampings"]))]
-            means = [c.mean for c in curve]
-            best = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
-            default = art.attrs["default_damping"]
-            dflt = damping_index(art["dampings"], default) if math.isfinite(default) else None
-            results.append({
-                "method": method,
-                "family": family(method),
-                "scores": scored,
-                "target": target,
-                "predicts": art.attrs["predicts"],
-                "sign": sign,
-                "dampings": [_finite(d) for d in art["dampings"]],  # NaN (undamped methods) -> null
-                "lds_mean": [_finite(c.mean) for c in curve],
-                "lds_se": [_finite(c.se) for c in curve],
-                "best": {"damping": _finite(art["dampings"][best]), "mean": _finite(curve[best].mean),
-                         "se": _finite(curve[best].se)},
-                "default": None if dflt is None else {
-                    "damping": float(art["dampings"][dflt]), "mean": _finite(curve[dflt].mean),
-                    "se": _finite(curve[dflt].se)},
-            })
-            for d, c in zip(art["dampings"], curve, strict=True):
-                rows.extend((method, scored, target, float(d), i, c.per_sample[i]) for i in range(S))
-            log.info("LDS %s %s->%s: best %.3f at %.0e", method, scored, target, curve[best].mean, art["dampings"][best])
+    results, rows = lds_results(input.scores, pairs, masks, actual)
+    for r in results:
+        log.info("LDS %s %s->%s: best %s at %s", r["method"], r["scores"], r["target"], r["best"]["mean"],
+                 r["best"]["damping"])
     summary = {
         "experiment": experiment,
         "n_samples": int(S),
@@ -85,7 +61,7 @@ def compute_lds(
         "seeds_per_subset": int(K),
         "n_train": int(masks.shape[1]),
         "subset_fraction": float(masks.sum(1).mean() / masks.shape[1]),
-        "oracle": {t: {"mean": _finite(o.mean), "se": _finite(o.se)} for t, o in oracle.items()},
+        "oracle": {t: {"mean": finite(o.mean), "se": finite(o.se)} for t, o in oracle.items()},
         # flat view for `dvc metrics show` (DVC skips lists): method -> "scores->target" -> best / default LDS
         "table": {
             r["method"]: {f"{x['scores']}->{x['target']}": {"best": x["best"]["mean"],
@@ -106,16 +82,28 @@ def compute_lds(
 
 
 def plot_figures(input: Paths, output: Paths, *, evaluate: Mapping[str, Any]) -> None:
-    """Every figure of the study (PNG + the CSV it was drawn from), from its artefacts.
+    """Every attribution figure of the study (PNG + the CSV it was drawn from), from its artefacts.
 
-    Outputs: ``lds``, ``damping``, ``hessian``, ``top``, ``scatter``, ``timesteps`` (a list: empty unless
-    ``evaluate.timestep_matrix``) and ``data`` (the CSVs, beside the PNGs).
+    Outputs: ``lds``, ``damping``, ``hessian``, ``top``, ``scatter``, the lists ``timesteps`` (Fig. 11) and
+    ``timestep_scatter`` (Fig. 16) (empty unless ``evaluate.timestep_matrix``), ``trajectory`` (Fig. 19; empty
+    unless a pair targets the trajectory), ``fp16`` (Fig. 20; empty unless ``trak_fp16`` is evaluated), and
+    ``data`` (the CSVs, beside the PNGs). Inputs ``kfac_loss`` and ``kfac_timesteps``: the first K-FAC variant's loss and timestep-loss scores.
     """
     summary = read_json(input.lds)
     csv_of = {Path(p).stem: p for p in output.data}
-    not_timestep = {**summary, "results": [r for r in summary["results"] if "timestep" not in r["target"]]}
-    figures.lds_bars(not_timestep, output.lds, csv_of["lds"])
-    figures.damping_curves(not_timestep, output.damping, csv_of["damping"])
+
+    def only(keep: Callable[[Mapping[str, Any]], bool]) -> dict[str, Any]:
+        return {**summary, "results": [r for r in summary["results"] if keep(r)]}
+
+    # Fig. 2: loss and ELBO targets (Fig. 19: the trajectory; Fig. 11: the timestep losses)
+    fig2 = only(lambda r: "timestep" not in r["target"] and r["target"] != "trajectory")
+    figures.lds_bars(fig2, output.lds, csv_of["lds"])
+    figures.damping_curves(fig2, output.damping, csv_of["damping"])
+    for png in output.trajectory:
+        figures.lds_bars(only(lambda r: r["target"] == "trajectory"), png, csv_of["lds_trajectory"])
+    for png in output.fp16:  # Fig. 20: TRAK in float16 next to float32
+        figures.damping_curves(only(lambda r: r["method"] in ("trak", "trak_fp16") and r["target"] in ("loss", "elbo")),
+                               png, csv_of["damping_fp16"])
     figures.hessian_ablation(summary, output.hessian, csv_of["hessian_ablation"])
     art = read_scores(input.kfac_loss)
     method = art.attrs["method"]
@@ -131,14 +119,49 @@ def plot_figures(input: Paths, output: Paths, *, evaluate: Mapping[str, Any]) ->
               "most positive | most negative | most neutral training images",
     )
     meas = read_measurements(input.measurements)
-    sub = read_subsets(input.subsets)
-    values = target_values(meas, "loss")
-    actual = actual_by_subset(values, meas["subset"], meas["seed_index"], sub["masks"].shape[0]).mean(1)
-    full = values[list(meas["model_id"]).index("full")]
-    figures.predicted_vs_actual(
-        predicted_changes(scores, sub["masks"]), actual - full[None], output.scatter, csv_of["predicted_vs_actual"],
-        title=f"loss on generated samples, {label(method)} λ={art['dampings'][k]:.0e}",
-    )
+    masks = read_subsets(input.subsets)["masks"]
+    full_row = list(meas["model_id"]).index("full")
+
+    def changes(scores_path: str, target: str) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted (default damping) and actual change of ``target`` per (subset, sample), ``[M, S]`` each."""
+        a = read_scores(scores_path)
+        d = damping_index(a["dampings"], a.attrs["default_damping"])
+        values = target_values(meas, target)
+        actual = actual_by_subset(values, meas["subset"], meas["seed_index"], masks.shape[0]).mean(1)
+        return predicted_changes(target_sign(a, target) * a["scores"][d], masks), actual - values[full_row][None]
+
+    lam = f"{label(method)} λ={art['dampings'][k]:.0e}"
+    figures.predicted_vs_actual({"loss": changes(input.kfac_loss, "loss")}, output.scatter,
+                                csv_of["predicted_vs_actual"], title=f"loss on generated samples, {lam}")
+    for png in output.timestep_scatter:
+        panels = {read_scores(p).attrs["measurement"]: changes(p, read_scores(p).attrs["measurement"])
+                  for p in input.kfac_timesteps}
+        figures.predicted_vs_actual(panels, png, csv_of["predicted_vs_actual_timesteps"],
+                                    title=f"per-timestep losses on generated samples, {lam}")
+
+
+def plot_measurement_figures(
+    input: Paths, output: Paths, *, timesteps: Sequence[int], diffusion: Mapping[str, Any]
+) -> None:
+    """The figures of the measurements alone (PNG + CSV): the ELBO's timestep weighting (Fig. 18, ``weighting``),
+    the lists ``elbo_pairs`` (Fig. 17; empty unless the ELBO is measured) and ``retraining`` (Fig. 12; empty
+    unless ``evaluate.timestep_matrix``), and ``data`` (the CSVs)."""
+    csv_of = {Path(p).stem: p for p in output.data}
+    measurements.elbo_weighting(Schedule.from_config(diffusion).elbo_weights().numpy(), output.weighting,
+                                csv_of["elbo_weighting"])
+    meas = read_measurements(input.measurements)
+    ids = [str(m) for m in meas["model_id"]]
+    for png in output.elbo_pairs:
+        # the full model and the first three retrained ones: two seeds of one subset, and another subset
+        shown = ["full", *[m for m in ids if m.startswith("subset")][:3]]
+        measurements.elbo_pairs(meas["elbo"][[ids.index(m) for m in shown]], shown, png, csv_of["elbo_pairs"])
+    for png in output.retraining:
+        M = read_subsets(input.subsets)["masks"].shape[0]
+        names = query_names([TIMESTEP_LOSS], timesteps)
+        actual = [actual_by_subset(target_values(meas, n), meas["subset"], meas["seed_index"], M) for n in names]
+        grid = np.array([[100 * retraining_correlation(a, b).mean for b in actual] for a in actual])
+        measurements.retraining_matrix(grid, list(timesteps), png, csv_of["timestep_retraining"],
+                                       title="Retrained models: rank correlation (%) of actual timestep-loss changes")
 
 
 def select_counterfactuals(input: Paths, output: Paths, *, plan: Sequence[Mapping[str, Any]]) -> None:

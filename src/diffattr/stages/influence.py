@@ -3,13 +3,14 @@ pass over the training set."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from diffattr.curvature import Variant, load_curvature, save_curvature
-from diffattr.curvature import fit_curvature as fit
+from diffattr.curvature import fit_curvature as fit_kfac
 from diffattr.data import read_train
 from diffattr.data.space import to_model_space
 from diffattr.diffusion import Schedule
@@ -24,18 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def fit_curvature(
-    input: Paths, output: Paths, *, variant: str, influence: Mapping[str, Any], diffusion: Mapping[str, Any],
+    input: Paths, output: Paths, *, variant: str, fit: Mapping[str, Any], diffusion: Mapping[str, Any],
     hflip: bool, device: str,
 ) -> None:
-    """``curvature/{variant}.h5``: (E)K-FAC of the full model over every training example × its draws."""
+    """``curvature/{variant}.h5``: (E)K-FAC of the full model over every training example × its draws.
+
+    ``fit``: ``curvature_mc_samples``, ``batch_size`` and ``seed`` of the ``influence`` section (nothing else of
+    it shapes the fit).
+    """
     device = select_device(device)
     model = load_model(model_dir(input.model), device)
     images = to_model_space(read_train(input.train)["images"]).to(device)
-    curv = fit(model, images, Schedule.from_config(diffusion), Variant.from_name(variant),
-               influence["curvature_mc_samples"], influence["batch_size"], influence["seed"], hflip=bool(hflip),
+    curv = fit_kfac(model, images, Schedule.from_config(diffusion), Variant.from_name(variant),
+               fit["curvature_mc_samples"], fit["batch_size"], fit["seed"], hflip=bool(hflip),
                device=device)
     log.info("fitted %s: %d layers, %d parameters", variant, len(curv.layers), sum(curv.sizes))
-    save_curvature(curv, output.curvature, config={"influence": dict(influence), "diffusion": dict(diffusion)})
+    save_curvature(curv, output.curvature, config={"influence": dict(fit), "diffusion": dict(diffusion)})
 
 
 def compute_kfac_scores(
@@ -57,4 +62,20 @@ def compute_kfac_scores(
                                 influence["default_damping"])
     timings = {"load": load_s, **timings}
     write_score_files(files, output.scores, timings)
+    log.info("timings: %s", {k: round(v, 2) for k, v in timings.items()})
+
+
+def compute_kfac_grad_scores(
+    input: Paths, output: Paths, *, mc_samples: int, queries: Sequence[str], influence: Mapping[str, Any],
+    diffusion: Mapping[str, Any], hflip: bool, device: str,
+) -> None:
+    """``scores/{variant}_grad{mc_samples}/{query}.h5``: :func:`compute_kfac_scores` with ``mc_samples`` (t, ε)
+    draws per gradient instead of the first of ``influence.gradient_mc_samples`` (paper Figs. 7/9)."""
+    device = select_device(device)
+    inputs = GradientInputs.load(model_dir(input.model), input.train, input.samples, diffusion, device)
+    args = dataclasses.replace(GradientArgs.from_sections(influence, hflip), mc_samples=int(mc_samples))
+    files, timings = score_kfac([load_curvature(p) for p in input.curvatures], inputs, [parse_query(q) for q in queries],
+                                args, influence["dampings"], influence["default_damping"])
+    write_score_files([dataclasses.replace(f, method=f"{f.method}_grad{mc_samples}") for f in files], output.scores,
+                      timings)
     log.info("timings: %s", {k: round(v, 2) for k, v in timings.items()})

@@ -35,9 +35,12 @@ def train_model(
     model: Mapping[str, Any],
     train: Mapping[str, Any],
     diffusion: Mapping[str, Any],
+    downweight_factor: float,
     device: str,
 ) -> None:
-    """Train model ``model_id`` (``full``, ``subset{m}_seed{k}``, ``cf{r}``) and save its EMA weights.
+    """Train model ``model_id`` (``full``, ``subset{m}_seed{k}``, ``downweight{m}_seed{k}``, ``cf{r}``) and save its
+    EMA weights. A down-weighted model sees every image, those outside subset m with loss weight
+    ``downweight_factor`` (``ablations.downweight.factor``).
 
     Inputs: ``train`` (train.h5), ``subsets`` (subsets.h5), ``removals`` (counterfactual runs only).
     Outputs: ``config`` + ``weights`` (diffusers ``save_pretrained``), ``loss`` (loss.csv: step, loss, lr) and
@@ -46,9 +49,12 @@ def train_model(
     device = select_device(device)
     model_cfg, train_cfg = model, train
     images = read_train(input.train)["images"]
-    subsets = read_subsets(input.subsets) if model_id.startswith("subset") else None
+    subsets = read_subsets(input.subsets) if model_id.startswith(("subset", "downweight")) else None
     spec = training.model_spec(model_id, train_cfg, None if subsets is None else subsets["seeds"])
-    if spec.subset is not None:
+    weights = None
+    if spec.downweighted:
+        weights = torch.where(torch.from_numpy(subsets["masks"][spec.subset]), 1.0, float(downweight_factor))
+    elif spec.subset is not None:
         images = images[subsets["masks"][spec.subset]]
     if spec.removal is not None:
         removals = getattr(input, "removals", None)
@@ -56,11 +62,11 @@ def train_model(
             raise ValueError(f"model {model_id} needs the counterfactual removals file")
         images = images[read_h5(removals, expect={"masks": (None, images.shape[0])})["masks"][spec.removal]]
     n, c, h, w = images.shape
-    log.info("training %s on %d images %s: seed %d, %d steps, device %s", model_id, n, (c, h, w), spec.seed,
-             spec.steps, device)
+    log.info("training %s on %d images %s: seed %d, %d steps, device %s%s", model_id, n, (c, h, w), spec.seed,
+             spec.steps, device, "" if weights is None else f", {int((weights < 1).sum())} down-weighted x{downweight_factor}")
     net = build_unet(model_cfg["preset"], in_channels=c, sample_size=h)
     net, history = training.train(net, to_model_space(images), Schedule.from_config(diffusion), train_cfg, spec.seed,
-                         spec.steps, checkpoint, device)
+                         spec.steps, checkpoint, device, weights=weights)
     out_dir = model_dir([output.config, output.weights, output.loss, output.info])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model(net, out_dir)
@@ -71,6 +77,7 @@ def train_model(
     info = {
         **asdict(spec),
         "n_train": n,
+        "loss_weight_factor": None if weights is None else float(downweight_factor),
         "preset": model_cfg["preset"],
         "train": dict(train_cfg),
         "diffusion": dict(diffusion),

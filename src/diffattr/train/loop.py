@@ -39,7 +39,8 @@ from diffattr.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = re.compile(r"^(full|subset(?P<subset>\d+)_seed(?P<seed>\d+)|cf(?P<cf>\d+))$")
+MODEL_ID = re.compile(
+    r"^(full|subset(?P<subset>\d+)_seed(?P<seed>\d+)|downweight(?P<down>\d+)_seed(?P<dseed>\d+)|cf(?P<cf>\d+))$")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -48,7 +49,8 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What one model is trained on: a random ``subset``, a counterfactual ``removal`` row, or (both None) all data."""
+    """What one model is trained on: a random ``subset``, a counterfactual ``removal`` row, or (both None) all data;
+    ``downweighted``: all data, with the examples outside subset ``subset`` down-weighted in the loss."""
 
     model_id: str
     subset: int | None
@@ -56,31 +58,37 @@ class ModelSpec:
     seed: int
     steps: int
     removal: int | None = None
+    downweighted: bool = False
 
 
 def model_spec(model_id: str, train_cfg: Mapping[str, Any], seeds: np.ndarray | None) -> ModelSpec:
     """Resolve a model id to its data, training seed and steps.
 
     ``full``: all data, ``train.seed``, ``train.steps``. ``subset{m}_seed{k}``: subset m with its k-th seed,
-    ``train.subset_steps``. ``cf{r}``: the full model's recipe and seed without removal set r (counterfactual).
+    ``train.subset_steps``. ``downweight{m}_seed{k}``: all data with the examples outside subset m down-weighted
+    (paper Figs. 13/14), subset m's k-th seed, ``train.steps``. ``cf{r}``: the full model's recipe and seed without
+    removal set r (counterfactual).
 
     Args:
         model_id: The id.
         train_cfg: The ``train`` config section.
-        seeds: ``[M, K]`` training seeds from ``subsets.h5`` (needed for subset models).
+        seeds: ``[M, K]`` training seeds from ``subsets.h5`` (needed for subset and down-weighted models).
     """
     match = MODEL_ID.match(model_id)
     if not match:
-        raise ValueError(f"invalid model id {model_id!r}: expected 'full', 'subset<m>_seed<k>' or 'cf<r>'")
+        raise ValueError(f"invalid model id {model_id!r}: expected 'full', 'subset<m>_seed<k>', "
+                         "'downweight<m>_seed<k>' or 'cf<r>'")
     if model_id == "full":
         return ModelSpec(model_id, None, None, int(train_cfg["seed"]), int(train_cfg["steps"]))
     if match["cf"] is not None:
         return ModelSpec(model_id, None, None, int(train_cfg["seed"]), int(train_cfg["steps"]), int(match["cf"]))
-    m, k = int(match["subset"]), int(match["seed"])
+    down = match["down"] is not None
+    m, k = (int(match["down"]), int(match["dseed"])) if down else (int(match["subset"]), int(match["seed"]))
     if seeds is None or m >= seeds.shape[0] or k >= seeds.shape[1]:
         shape = None if seeds is None else seeds.shape
         raise ValueError(f"model id {model_id!r} is outside the subsets file (seeds shape {shape})")
-    return ModelSpec(model_id, m, k, int(seeds[m, k]), int(train_cfg["subset_steps"]))
+    steps = int(train_cfg["steps"] if down else train_cfg["subset_steps"])
+    return ModelSpec(model_id, m, k, int(seeds[m, k]), steps, downweighted=down)
 
 
 def _set_precision(precision: str) -> None:
@@ -104,10 +112,12 @@ def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator, device: torch
 
 
 def run_fingerprint(
-    model: torch.nn.Module, data: torch.Tensor, schedule: Schedule, train_cfg: Mapping[str, Any], seed: int, steps: int
+    model: torch.nn.Module, data: torch.Tensor, schedule: Schedule, train_cfg: Mapping[str, Any], seed: int, steps: int,
+    weights: torch.Tensor | None = None,
 ) -> str:
     """SHA-256 of everything that shapes a training run: the exact training tensor, the model's configuration and
-    parameter shapes, the noise schedule, the ``train`` section, the seed and the step count."""
+    parameter shapes, the noise schedule, the ``train`` section, the seed, the step count and the per-example loss
+    weights."""
     h = hashlib.sha256()
     config = dict(getattr(model, "config", {}) or {})
     h.update(json.dumps({"train": dict(train_cfg), "seed": seed, "steps": steps, "model": config,
@@ -115,6 +125,8 @@ def run_fingerprint(
                          "data_shape": list(data.shape)}, sort_keys=True, default=str).encode())
     h.update(data.detach().cpu().float().contiguous().numpy().tobytes())
     h.update(schedule.betas.detach().cpu().double().numpy().tobytes())
+    if weights is not None:
+        h.update(b"weights" + weights.detach().cpu().double().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -141,6 +153,7 @@ def train(
     device: str | torch.device = "cpu",
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, list[tuple[int, float, float]]]:
     """Train ``model`` on ``data`` and return the EMA model and the loss history.
 
@@ -155,6 +168,8 @@ def train(
         device: Torch device.
         on_step: Called as ``on_step(step, loss)`` after each step (step counts from 1).
         progress: Show a progress bar.
+        weights: Per-example loss weights ``[N]`` (None: all 1): the loss is the mean over the batch of
+            w_n · ℓ(x_n), i.e. the data-set loss (1/N) Σ_n w_n ℓ(x_n) on uniform batches (paper Figs. 13/14).
 
     Returns:
         The model holding the EMA weights (eval mode), and ``[(step, loss, lr), ...]``.
@@ -165,7 +180,7 @@ def train(
     device = torch.device(device)
     cfg = dict(train_cfg)
     _set_precision(cfg["precision"])
-    fingerprint = run_fingerprint(model, data, schedule, cfg, seed, steps)
+    fingerprint = run_fingerprint(model, data, schedule, cfg, seed, steps, weights)
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):  # dropout uses the global RNG: keep it local to this run
         torch.manual_seed(seed)
@@ -213,7 +228,11 @@ def train(
             if cfg["hflip"]:
                 x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(-1), x0)
             with autocast:
-                loss = ddpm_loss(eps_model, schedule, x0, t.to(device), eps.to(device)) / x0[0].numel()
+                if weights is None:
+                    loss = ddpm_loss(eps_model, schedule, x0, t.to(device), eps.to(device)) / x0[0].numel()
+                else:
+                    per_example = ddpm_loss(eps_model, schedule, x0, t.to(device), eps.to(device), reduce=False)
+                    loss = (weights[idx].to(device) * per_example).mean() / x0[0].numel()
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(
