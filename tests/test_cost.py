@@ -27,24 +27,30 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     est = estimate(REPO / "experiments/cifar2.yaml", REF, REPO / "Snakefile")
     rules = est["rules"]
     assert est["n_train"] == 5000
-    assert rules["train_model"]["jobs"] == 533 and rules["measure_model"]["jobs"] == 533
+    # the full model, 100 subsets x 5 seeds, 32 counterfactual runs and 100 down-weighted models (Figs. 13/14)
+    assert rules["train_model"]["jobs"] == 633 and rules["measure_model"]["jobs"] == 633
     assert rules["fit_curvature"]["jobs"] == 4 and "all" not in rules
     assert not rules["compute_lds"]["gpu"] and rules["compute_scores:clip"]["gpu"]
-    # training: full and 32 counterfactual runs at 32k steps, 500 subset runs at 16k, 0.1 s per tf32 step
-    assert rules["train_model"]["gpu_hours"] == pytest.approx((33 * 32000 + 500 * 16000) * 0.1 / 3600)
-    # measurement per model: 200 samples x (5000 loss/elbo + 7 timesteps x 1000 draws + 1000 trajectory steps)
-    assert rules["measure_model"]["gpu_hours"] == pytest.approx(533 * 200 * (5000 + 7000 + 1000) * 1e-4 / 3600)
-    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(533 * 200 * 7000 * 1e-4 / 3600)
+    # training: full, 32 counterfactual and 100 down-weighted runs at 32k steps, 500 subset runs at 16k; 0.1 s/step
+    assert rules["train_model"]["gpu_hours"] == pytest.approx((133 * 32000 + 500 * 16000) * 0.1 / 3600)
+    # measurement per model: 200 samples x (5000 loss/elbo + 7 timesteps x 5000 draws + 1000 trajectory steps)
+    assert rules["measure_model"]["gpu_hours"] == pytest.approx(633 * 200 * (5000 + 35000 + 1000) * 1e-4 / 3600)
+    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(633 * 200 * 35000 * 1e-4 / 3600)
     assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
-    # K-FAC scores: the int8 bank (4 variants x 10 dampings x 2 measurements x 200 samples of P bytes) is 612 GB,
-    # so 64 GB of bank memory means 10 passes over the training set (5000 examples x 250 draws each)
+    # K-FAC scores: the int8 bank (4 variants x 10 dampings x 10 queries (loss, elbo, trajectory, 7 timestep losses)
+    # x 200 samples of P bytes) is 3 TB, so 64 GB of bank memory means 46 passes over the training set
     P = kfac_parameter_count("ddpm_cifar")
-    assert est["kfac_bank"]["gigabytes"] == pytest.approx(4 * 10 * 2 * 200 * P / 1e9)
-    assert est["kfac_bank"]["passes"] == 10
-    assert rules["compute_kfac_scores"]["gpu_hours"] == pytest.approx((10 * 5000 * 250 + 2 * 200 * 250) * 2e-3 / 3600)
+    assert est["kfac_bank"]["gigabytes"] == pytest.approx(4 * 10 * 10 * 200 * P / 1e9)
+    assert est["kfac_bank"]["passes"] == 46
+    assert rules["compute_kfac_scores"]["gpu_hours"] == pytest.approx((46 * 5000 * 250 + 10 * 200 * 250) * 2e-3 / 3600)
+    # Fig. 7: one more pass per extra gradient count (25 and 100), for the loss, ELBO and trajectory queries
+    assert rules["compute_kfac_grad_scores"]["jobs"] == 2
+    assert rules["compute_kfac_grad_scores"]["gpu_hours"] == pytest.approx(
+        sum(5000 * n + 200 * 3 * n for n in (25, 100)) * 2e-3 / 3600)
+    assert rules["compression_ablation"]["gpu"] and rules["compute_scores:trak_fp16"]["gpu"]
     table = format_estimate(est)
-    assert "train_model" in table and "reference: test" in table and "makes 10 passes" in table
-    assert "7 timesteps x 1000 draws each" in table
+    assert "train_model" in table and "reference: test" in table and "makes 46 passes" in table
+    assert "7 timesteps x 5000 draws each" in table
 
 
 def test_kfac_bank_fits_in_one_pass_with_enough_memory():
@@ -87,7 +93,7 @@ def test_paper_configs_request_enough_wall_time_for_their_estimated_jobs(experim
 def test_a_registered_method_is_priced_from_its_registry_entry():
     """graddot needs no cost code of its own: one gradient pass over the training set plus the query gradients."""
     cfg = load_config(REPO / "experiments/cifar2.yaml")
-    query_draws = 200 * 2 * 250  # samples x (loss, elbo) x gradient draws
+    query_draws = 200 * 10 * 250  # samples x (loss, elbo, trajectory, 7 timestep losses) x gradient draws
     assert job_seconds("compute_scores", {"method": "graddot"}, cfg, REF) == pytest.approx(
         (5000 * 250 + query_draws) * 2e-3)
     trak = job_seconds("compute_scores", {"method": "trak"}, cfg, REF)

@@ -194,20 +194,29 @@ def predicted_vs_actual(
         panels: measurement name -> (``predicted`` ``[M, S]`` change when training on each subset, ``actual``
             ``[M, S]`` change: mean over seeds minus the full model's value).
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.4, 3.6), squeeze=False)
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.4, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     rows = []
-    for ax, (name, (predicted, actual)) in zip(axes[0], panels.items(), strict=True):
+    for ax, (name, (predicted, actual)) in zip(axes.flat, panels.items(), strict=False):
         m_idx, s_idx = np.meshgrid(np.arange(predicted.shape[0]), np.arange(predicted.shape[1]), indexing="ij")
         ax.scatter(predicted.ravel(), actual.ravel(), c=s_idx.ravel(), cmap="tab20", s=6, alpha=0.7)
+        # each axis spans its own data (the two scales can differ by orders of magnitude); y = x where it shows
+        lo, hi = min(actual.min(), 0.0), max(actual.max(), 0.0)
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
         lim = [min(predicted.min(), actual.min()), max(predicted.max(), actual.max())]
         ax.plot(lim, lim, color="black", lw=0.6, ls="--")
         ax.axhline(0, color="gray", lw=0.5)
         ax.axvline(0, color="gray", lw=0.5)
         ax.set_xlabel("predicted change (influence)")
-        ax.set_title(f"{name}: {100 * (actual > 0).mean():.0f}% of actual changes > 0", fontsize=8)
+        ax.set_ylabel("actual change (retrained)")
+        ax.set_title(f"{name}: {100 * (actual > 0).mean():.0f}% of actual, "
+                     f"{100 * (predicted > 0).mean():.0f}% of predicted changes > 0", fontsize=7)
         rows.extend((name, m, s, p, a) for m, s, p, a in
                     zip(m_idx.ravel(), s_idx.ravel(), predicted.ravel(), actual.ravel(), strict=True))
-    axes[0, 0].set_ylabel("actual change (retrained)")
     fig.suptitle(title, fontsize=8)
     save_figure(fig, png)
     write_csv(csv_path, ["measurement", "subset", "sample", "predicted", "actual"], rows)

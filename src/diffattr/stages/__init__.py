@@ -12,7 +12,7 @@ them (:mod:`diffattr.data`, :mod:`diffattr.train`, :mod:`diffattr.measure`, :mod
 never import this layer.
 
 Modules follow ``rules/*.smk``: :mod:`.data`, :mod:`.train`, :mod:`.measure`, :mod:`.influence`,
-:mod:`.baselines`, :mod:`.evaluate`.
+:mod:`.baselines`, :mod:`.evaluate`, :mod:`.attribute`, :mod:`.ablations`.
 """
 
 from __future__ import annotations

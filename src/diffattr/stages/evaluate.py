@@ -122,20 +122,20 @@ def plot_figures(input: Paths, output: Paths, *, evaluate: Mapping[str, Any]) ->
     masks = read_subsets(input.subsets)["masks"]
     full_row = list(meas["model_id"]).index("full")
 
-    def changes(scores_path: str, target: str) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted (default damping) and actual change of ``target`` per (subset, sample), ``[M, S]`` each."""
-        a = read_scores(scores_path)
+    def changes(a: Any, target: str) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted (scores ``a`` at their default damping) and actual change of ``target`` per (subset, sample),
+        ``[M, S]`` each."""
         d = damping_index(a["dampings"], a.attrs["default_damping"])
         values = target_values(meas, target)
         actual = actual_by_subset(values, meas["subset"], meas["seed_index"], masks.shape[0]).mean(1)
         return predicted_changes(target_sign(a, target) * a["scores"][d], masks), actual - values[full_row][None]
 
     lam = f"{label(method)} λ={art['dampings'][k]:.0e}"
-    figures.predicted_vs_actual({"loss": changes(input.kfac_loss, "loss")}, output.scatter,
+    figures.predicted_vs_actual({"loss": changes(art, "loss")}, output.scatter,
                                 csv_of["predicted_vs_actual"], title=f"loss on generated samples, {lam}")
     for png in output.timestep_scatter:
-        panels = {read_scores(p).attrs["measurement"]: changes(p, read_scores(p).attrs["measurement"])
-                  for p in input.kfac_timesteps}
+        arts = [read_scores(p) for p in input.kfac_timesteps]
+        panels = {a.attrs["measurement"]: changes(a, a.attrs["measurement"]) for a in arts}
         figures.predicted_vs_actual(panels, png, csv_of["predicted_vs_actual_timesteps"],
                                     title=f"per-timestep losses on generated samples, {lam}")
 
