@@ -4,7 +4,7 @@
 
 rule gradient_mc_ablation:
     input:
-        scores=[f for mc in GRADIENT_MC for f in kfac_mc_score_files(mc) if f"/{CURVATURES[0]}" in f],
+        scores=[f for mc in GRADIENT_MC for f in kfac_mc_score_files(mc, CURVATURES[:1])],
         measurements=res("measurements/measurements.h5"),
         subsets=res("data/subsets.h5"),
     output:

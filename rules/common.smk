@@ -132,12 +132,11 @@ def kfac_score_files():
     return score_files(CURVATURES)
 
 
-def kfac_mc_score_files(mc):
+def kfac_mc_score_files(mc, variants=None):
     """K-FAC scores with ``mc`` gradient MC draws (Figs. 7/9): scores/{variant}_grad{mc}/{query}.h5, the loss-like
     queries only; the first count's are the study's own scores/{variant}/{query}.h5."""
-    if int(mc) == GRADIENT_MC[0]:
-        return [res(f"scores/{v}/{q}.h5") for v in CURVATURES for q in MC_QUERIES]
-    return [res(f"scores/{v}_grad{mc}/{q}.h5") for v in CURVATURES for q in MC_QUERIES]
+    suffix = "" if int(mc) == GRADIENT_MC[0] else f"_grad{mc}"
+    return [res(f"scores/{v}{suffix}/{q}.h5") for v in (variants or CURVATURES) for q in MC_QUERIES]
 
 
 def model_input(method):
