@@ -18,9 +18,12 @@ M, K = SMOKE["subsets"]["n_subsets"], SMOKE["subsets"]["seeds_per_subset"]
 
 
 def test_trains_full_model_and_fleet(smoke_study):
-    models = sorted(p.name for p in (smoke_study / "models").iterdir() if not p.name.startswith("cf"))
+    models = sorted(p.name for p in (smoke_study / "models").iterdir() if not p.name.startswith(("cf", "downweight")))
     assert len(models) == 1 + M * K
     assert models == sorted(["full", *[f"subset{m}_seed{k}" for m in range(M) for k in range(K)]])
+    # the down-weighted fleet of the Figs. 13/14 ablation (checked in test_smoke_figures.py)
+    assert sorted(p.name for p in (smoke_study / "models").iterdir() if p.name.startswith("downweight")) == \
+        [f"downweight{m}_seed0" for m in range(M)]
     info = json.loads((smoke_study / "models/subset1_seed0/train_info.json").read_text())
     assert info["steps"] == SMOKE["train"]["subset_steps"] and info["n_train"] == 20 and info["subset"] == 1
     loss = (smoke_study / "models/full/loss.csv").read_text().splitlines()
