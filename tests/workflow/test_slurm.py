@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.conftest import run_snakemake
 
 GPU_RULES = {"train_model", "sample_images", "measure_model", "fit_curvature", "compute_kfac_scores",
-             "compute_scores"}
+             "compute_scores", "compute_kfac_grad_scores", "compression_ablation"}
 STUBS = {
     # the plugin calls sbatch concurrently: the job-id counter is incremented under a lock (an unlocked
     # read-increment-write once printed no id under load, which made Snakemake give up submitting)
@@ -73,7 +73,8 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
     args = ["--profile", "profiles/slurm", "--configfile", "experiments/cifar2.yaml"]
 
     dry = run_snakemake(workflow_dir, "-n", *args)
-    assert re.search(r"train_model\s+533\n", dry.stdout), dry.stdout[-2000:]  # full + 500 fleet + 32 counterfactual
+    # full + 500 fleet + 32 counterfactual + 100 down-weighted (Figs. 13/14)
+    assert re.search(r"train_model\s+633\n", dry.stdout), dry.stdout[-2000:]
     assert not log.exists()  # a dry run submits nothing
     # every job of the DAG, as the profile resolves its resources: gpu=1 exactly for the GPU rules
     gpu_by_rule = defaultdict(set)
