@@ -213,11 +213,12 @@ def predicted_vs_actual(
         ax.axvline(0, color="gray", lw=0.5)
         ax.set_xlabel("predicted change (influence)")
         ax.set_ylabel("actual change (retrained)")
-        ax.set_title(f"{name}: {100 * (actual > 0).mean():.0f}% of actual, "
-                     f"{100 * (predicted > 0).mean():.0f}% of predicted changes > 0", fontsize=7)
+        ax.set_title(f"{name}\nchanges > 0: {100 * (actual > 0).mean():.0f}% actual, "
+                     f"{100 * (predicted > 0).mean():.0f}% predicted", fontsize=7)
         rows.extend((name, m, s, p, a) for m, s, p, a in
                     zip(m_idx.ravel(), s_idx.ravel(), predicted.ravel(), actual.ravel(), strict=True))
     fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
     save_figure(fig, png)
     write_csv(csv_path, ["measurement", "subset", "sample", "predicted", "actual"], rows)
 
