@@ -63,3 +63,19 @@ def test_summary_changes_and_standard_errors(tmp_path):
     random = summary["mean_change"]["0.3"]["random"]
     assert random["mean"] == pytest.approx(0.3) and random["se"] == pytest.approx(0.2) and random["n"] == 2
     assert summary["mean_change"]["0.3"]["m"]["mean"] == pytest.approx(0.275)
+
+
+def test_random_removals_alone_are_compared_on_every_sample(tmp_path):
+    """evaluate.counterfactual_samples: 0 leaves only random runs: they are measured on every sample, and the figure
+    draws them (it divided by the number of methods, zero, before)."""
+    from diffattr.io import write_h5
+    from diffattr.plots.figures import counterfactual_bars
+
+    rem = read_h5(write_h5(tmp_path / "r.h5", {
+        "masks": np.array([[True, False, True]]), "method": np.array(["random"]), "sample": np.array([-1]),
+        "fraction": np.array([0.3]), "damping": np.array([np.nan])}))
+    summary = summarize(rem, np.array([1.0, 2.0, 3.0]), [np.array([1.5, 2.0, 3.1])])
+    assert [(r["sample"], round(r["change"], 6)) for r in summary["runs"]] == [(0, 0.5), (1, 0.0), (2, 0.1)]
+    assert summary["mean_change"]["0.3"]["random"]["mean"] == pytest.approx(0.2)
+    counterfactual_bars(summary, tmp_path / "c.png", tmp_path / "c.csv")
+    assert (tmp_path / "c.png").stat().st_size > 0

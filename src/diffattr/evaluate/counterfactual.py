@@ -69,7 +69,9 @@ def summarize(removals: Artefact, full_loss: np.ndarray, run_losses: Sequence[np
     rem, full = removals, full_loss
     rows = []
     fractions = sorted(set(rem["fraction"].tolist()))
-    samples = sorted(s for s in set(rem["sample"].tolist()) if s >= 0)
+    # random removals are compared on the samples the methods were retrained for; with none (only random runs,
+    # evaluate.counterfactual_samples: 0), on every sample
+    samples = sorted(s for s in set(rem["sample"].tolist()) if s >= 0) or list(range(len(full)))
     for r, (method, s, p) in enumerate(zip(rem["method"], rem["sample"], rem["fraction"], strict=True)):
         targets = samples if s < 0 else [int(s)]
         for i in targets:
