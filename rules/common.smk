@@ -1,6 +1,6 @@
 # Helpers, wildcard constraints and target functions (no rules here).
 
-from diffattr.config import attribute_image_count, configured_variants, gradient_mc_counts
+from diffattr.config import attribute_image_count, configured_variants, gradient_mc_counts, kfac_queries
 from diffattr.queries import query_names
 from diffattr.scores.registry import (
     METHODS,
@@ -35,6 +35,8 @@ wildcard_constraints:
     fleet=r"measurements|downweight",
     mc=r"\d+",
     curvature=r"e?kfac_(mc|empirical)_(expand|reduce)",
+    shard=r"\d+",
+    gradient_output=r"loss|square_norm",
     method="|".join(METHODS),
     subset=r"\d+",
     seed=r"\d+",
@@ -60,6 +62,10 @@ TIMESTEP_QUERIES = [q for q in QUERIES if q.startswith("timestep_loss")]
 CURVATURE_FIT = {k: config["influence"][k] for k in ("curvature_mc_samples", "batch_size", "seed")}
 GRADIENT_MC = gradient_mc_counts(config["influence"])  # Figs. 7/9: K-FAC scores again for GRADIENT_MC[1:]
 MC_QUERIES = [q for q in QUERIES if q not in TIMESTEP_QUERIES]
+# query names per K-FAC variant: the first scores every query, the others influence.variant_measurements (Fig. 4)
+KFAC_QUERIES = kfac_queries(config)
+SAMPLE_SHARDS = config["influence"]["sample_shards"]  # compute_kfac_scores jobs, over ranges of the samples
+FEATURE_SHARDS = config["trak"]["feature_shards"]  # compute_features jobs per output, over the training examples
 MODEL_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "loss.csv", "train_info.json"]
 
 
@@ -118,8 +124,9 @@ def train_inputs(wildcards):
 
 
 def score_files(methods):
-    """Score files of methods for every query: results/<exp>/scores/{method}/{query}.h5."""
-    return [res(f"scores/{method}/{query}.h5") for method in methods for query in QUERIES]
+    """Score files of methods for their queries (KFAC_QUERIES for a K-FAC variant, else every query):
+    results/<exp>/scores/{method}/{query}.h5."""
+    return [res(f"scores/{method}/{query}.h5") for method in methods for query in KFAC_QUERIES.get(method, QUERIES)]
 
 
 def evaluated_score_files():
@@ -139,11 +146,24 @@ def kfac_mc_score_files(mc, variants=None):
     return [res(f"scores/{v}{suffix}/{q}.h5") for v in (variants or CURVATURES) for q in MC_QUERIES]
 
 
+def kfac_shard_files(shard):
+    """The score files compute_kfac_scores writes for one range of the samples."""
+    return [res(f"shards/kfac/{shard}/{v}/{q}.h5") for v, qs in KFAC_QUERIES.items() for q in qs]
+
+
+def feature_files(output):
+    """The training-feature shards of a gradient output (compute_features)."""
+    return [res(f"shards/features/{output}/{k}.h5") for k in range(FEATURE_SHARDS)]
+
+
 def model_input(method):
-    """compute_scores' inputs: the full model for gradient methods, the images for the others."""
+    """compute_scores' inputs: the full model for gradient methods (and the training features of those that have
+    them), the images for the others."""
     inputs = {"train": res("data/train.h5"), "samples": res("samples/samples.h5")}
     if METHODS[method].needs_model:
         inputs["model"] = model_files("full")
+    if METHODS[method].features:
+        inputs["features"] = feature_files(METHODS[method].features)
     return inputs
 
 

@@ -1,4 +1,8 @@
-# K-FAC influence: curvature per variant, then every variant x measurement scored in one pass over the data.
+# K-FAC influence: curvature per variant, then every variant x measurement scored in one pass over the data per
+# range of the samples (influence.sample_shards), the ranges joined by gather_kfac_scores.
+
+localrules:
+    gather_kfac_scores,
 
 
 rule fit_curvature:
@@ -35,9 +39,10 @@ rule compute_kfac_scores:
         samples=res("samples/samples.h5"),
         curvatures=expand(res("curvature/{curvature}.h5"), curvature=CURVATURES),
     output:
-        scores=kfac_score_files(),
+        scores=kfac_shard_files("{shard}"),
     params:
-        queries=QUERIES,
+        shard=lambda w: int(w.shard),
+        queries=KFAC_QUERIES,
         influence=config["influence"],
         diffusion=config["diffusion"],
         hflip=config["train"]["hflip"],
@@ -48,25 +53,38 @@ rule compute_kfac_scores:
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["kfac_scores_runtime"],
     log:
-        logfile("compute_kfac_scores"),
+        logfile("compute_kfac_scores/{shard}"),
     benchmark:
-        benchmark("compute_kfac_scores")
+        benchmark("compute_kfac_scores/{shard}")
     conda:
         ENV
     script:
         "../scripts/compute_kfac_scores.py"
 
 
-# Paper Figs. 7/9: the K-FAC scores again with another gradient MC count (influence.gradient_mc_samples[1:]),
-# from the same fitted curvatures.
+rule gather_kfac_scores:
+    input:
+        shards=[f for k in range(SAMPLE_SHARDS) for f in kfac_shard_files(k)],
+    output:
+        scores=kfac_score_files(),
+    log:
+        logfile("gather_kfac_scores"),
+    conda:
+        ENV
+    script:
+        "../scripts/gather_kfac_scores.py"
+
+
+# Paper Figs. 7/9: the first K-FAC variant's scores again with another gradient MC count
+# (influence.gradient_mc_samples[1:]), from the same fitted curvature.
 rule compute_kfac_grad_scores:
     input:
         model=model_files("full"),
         train=res("data/train.h5"),
         samples=res("samples/samples.h5"),
-        curvatures=expand(res("curvature/{curvature}.h5"), curvature=CURVATURES),
+        curvatures=[res(f"curvature/{CURVATURES[0]}.h5")],
     output:
-        scores=[res(f"scores/{v}_grad{{mc}}/{q}.h5") for v in CURVATURES for q in MC_QUERIES],
+        scores=[res(f"scores/{CURVATURES[0]}_grad{{mc}}/{q}.h5") for q in MC_QUERIES],
     params:
         mc_samples=lambda w: int(w.mc),
         queries=MC_QUERIES,

@@ -62,7 +62,7 @@ def test_truncated_and_modified_artefacts_are_named_with_the_fix(tmp_path):
     at = raw.index(marker[100:102].tobytes())
     path.write_bytes(raw[:at] + bytes(b ^ 0xFF for b in raw[at : at + 8]) + raw[at + 8 :])
     with pytest.raises(ArtefactError, match=r"dataset 'scores' does not match its checksum.*delete .*loss.h5 and "
-                                            r"rerun \(or `snakemake --forcerun compute_kfac_scores`\)"):
+                                            r"rerun \(or `snakemake --forcerun gather_kfac_scores`\)"):
         read_h5(path)
     read_h5(path, names=["dampings"])  # an intact dataset of the same file still reads
     path.write_bytes(raw[: len(raw) // 2])  # truncated

@@ -126,6 +126,16 @@ def gradient_mc_counts(influence: Mapping[str, Any]) -> list[int]:
     return [int(c) for c in counts] if isinstance(counts, list) else [int(counts)]
 
 
+def kfac_queries(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Query names each K-FAC variant scores: the first every one of ``influence.measurements``, the others those of
+    ``influence.variant_measurements`` among them (the paper compares variants only on the loss-like measurements,
+    Fig. 4), so the timestep and trajectory queries, the bulk of the query bank, are scored once."""
+    icfg, steps = config["influence"], config["measure"]["timesteps"]
+    first = query_names(icfg["measurements"], steps)
+    others = [q for q in first if q in set(query_names(icfg.get("variant_measurements", ["loss", "elbo"]), steps))]
+    return {v: first if i == 0 else others for i, v in enumerate(configured_variants(config))}
+
+
 def attribute_image_count(config: Mapping[str, Any]) -> int:
     """Images named by ``attribute.queries``: one per file, one per index of a ``samples.h5:<i>,<j>`` entry."""
     return sum(len(q.split(":", 1)[1].split(",")) if ".h5:" in q else 1 for q in config["attribute"]["queries"])
@@ -151,6 +161,10 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
         if pair["scores"] not in queried:
             problems.append(f"config key 'evaluate.pairs[{i}].scores': {pair['scores']!r} has no scores "
                             f"(influence.measurements gives {sorted(queried)})")
+    shards, n_samples = cfg["influence"]["sample_shards"], cfg["sample"]["n_samples"]
+    if shards > n_samples:
+        problems.append(f"config key 'influence.sample_shards': {shards} exceeds sample.n_samples={n_samples} (each "
+                        "shard scores at least one sample)")
     dw = cfg["ablations"]["downweight"]
     if dw["enabled"]:
         if dw["seeds_per_subset"] > cfg["subsets"]["seeds_per_subset"]:

@@ -22,11 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffattr.config import attribute_image_count, configured_variants, gradient_mc_counts, load_config
+from diffattr.config import attribute_image_count, gradient_mc_counts, kfac_queries, load_config
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.models import build_unet
 from diffattr.queries import query_names
 from diffattr.scores.bank import bank_row_bytes, plan_passes
+from diffattr.scores.shards import shard_bounds
 from diffattr.scores.registry import METHODS
 from diffattr.scores.trak import TRAK_BLOCK
 
@@ -55,13 +56,16 @@ def kfac_parameter_count(preset: str) -> int:
 
 
 def kfac_bank(cfg: Mapping[str, Any], n_params: int) -> tuple[float, int]:
-    """Size of the query bank of ``compute_kfac_scores`` in bytes, and the passes over the training set it needs."""
+    """Size in bytes of the largest query bank of a ``compute_kfac_scores`` job (one range of the samples,
+    ``influence.sample_shards``) and the passes over the training set it needs (the scorer's own plan)."""
     icfg = cfg["influence"]
-    n_queries = len(query_names(icfg["measurements"], cfg["measure"]["timesteps"]))
-    per_sample = len(configured_variants(cfg)) * len(icfg["dampings"]) * bank_row_bytes(n_params, icfg["query_compression"])
-    n_samples = cfg["sample"]["n_samples"]
-    passes = plan_passes(n_queries, n_samples, per_sample, icfg["bank_memory_mb"] * 2**20)
-    return float(n_queries * n_samples * per_sample), len(passes)
+    per_variant = kfac_queries(cfg)
+    specs = list(dict.fromkeys(q for qs in per_variant.values() for q in qs))
+    row = len(icfg["dampings"]) * bank_row_bytes(n_params, icfg["query_compression"])
+    per_sample = [row * sum(q in qs for qs in per_variant.values()) for q in specs]
+    s0, s1 = max(shard_bounds(cfg["sample"]["n_samples"], icfg["sample_shards"]), key=lambda b: b[1] - b[0])
+    passes = plan_passes(len(specs), s1 - s0, per_sample, icfg["bank_memory_mb"] * 2**20)
+    return float((s1 - s0) * sum(per_sample)), len(passes)
 
 
 def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") -> list[tuple[str, dict[str, str]]]:
@@ -80,6 +84,12 @@ def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") ->
             pairs = line.split(":", 1)[1].split(",")
             jobs[-1][1].update(p.strip().split("=", 1) for p in pairs if "=" in p)
     return jobs
+
+
+def projection_call_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
+    """GPU seconds of one projector call: traker's BasicProjector regenerates its matrix per call, so the cost is
+    per call (one per block of training gradients and one per query set), linear in k."""
+    return ref["project_s_per_gradient"] * ref["project_batch"] * cfg["trak"]["projection_dim"] / ref["projection_dim"]
 
 
 def timestep_oracle_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
@@ -122,8 +132,12 @@ def job_seconds(
         if name.startswith("ekfac"):  # eigenvalue correction: one more gradient pass over the same draws
             s += N * icfg["curvature_mc_samples"] * grad
         return s
-    if rule == "compute_kfac_scores":
-        return (bank_passes * N * gradient_mc_counts(icfg)[0] + query_draws) * grad
+    if rule == "compute_kfac_scores":  # one range of the samples: its passes over the data and its queries
+        return (bank_passes * N * gradient_mc_counts(icfg)[0] + query_draws / icfg["sample_shards"]) * grad
+    if rule == "compute_features":  # one range of the training examples, projected in blocks of TRAK_BLOCK
+        n = N / cfg["trak"]["feature_shards"]
+        return n * gradient_mc_counts(icfg)[0] * grad + math.ceil(n / max(icfg["batch_size"], TRAK_BLOCK)) * \
+            projection_call_seconds(cfg, ref)
     if rule == "compute_kfac_grad_scores":  # the same pass with another gradient count, loss-like queries only
         mc = int(wildcards["mc"])
         n_loss_like = len([q for q in query_names(icfg["measurements"], mcfg["timesteps"]) if "timestep" not in q])
@@ -137,12 +151,10 @@ def job_seconds(
         method = METHODS[wildcards["method"]]
         if not method.needs_model:  # a similarity of image embeddings (CLIP)
             return (N + S) * ref.get("clip_forward_s_per_image", fwd)
-        s = (method.gradient_passes * N * gradient_mc_counts(icfg)[0] + query_draws) * grad
-        if "trak" in method.sections:
-            # traker's BasicProjector regenerates its matrix per call: a cost per call (one per block of training
-            # gradients and one per query set), linear in k
-            per_call = ref["project_s_per_gradient"] * ref["project_batch"] * cfg["trak"]["projection_dim"] / ref["projection_dim"]
-            s += (math.ceil(N / max(icfg["batch_size"], TRAK_BLOCK)) + n_queries) * per_call
+        train_passes = 0 if method.features else method.gradient_passes  # features: compute_features' jobs
+        s = (train_passes * N * gradient_mc_counts(icfg)[0] + query_draws) * grad
+        if "trak" in method.sections:  # one projector call per query set
+            s += n_queries * projection_call_seconds(cfg, ref)
         return s
     return None
 
@@ -186,6 +198,7 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
                                  "timesteps": len(cfg["measure"]["timesteps"])
                                  if "timestep_loss" in cfg["measure"]["measurements"] else 0},
             "kfac_bank": {"gigabytes": bank_bytes / 1e9, "passes": passes,
+                          "sample_shards": cfg["influence"]["sample_shards"],
                           "bank_memory_mb": cfg["influence"]["bank_memory_mb"]}}
 
 
@@ -211,9 +224,14 @@ def format_estimate(est: Mapping[str, Any]) -> str:
                      "measure.timestep_mc_samples)")
     bank = est["kfac_bank"]
     if bank["passes"] > 1:
-        lines.append(f"note: the K-FAC query bank needs {bank['gigabytes']:.0f} GB, more than influence.bank_memory_mb "
-                     f"= {bank['bank_memory_mb']} MB: compute_kfac_scores makes {bank['passes']} passes over the "
-                     f"training set (fewer variants, dampings or samples per job, or more memory, cut them)")
+        lines.append(f"note: a compute_kfac_scores job's query bank needs {bank['gigabytes']:.0f} GB, more than "
+                     f"influence.bank_memory_mb = {bank['bank_memory_mb']} MB: each job makes {bank['passes']} passes "
+                     f"over the training set; influence.sample_shards = {bank['sample_shards'] * bank['passes']} "
+                     "(or more memory) makes it one")
+    gpu_rules = {k: r for k, r in est["rules"].items() if r["gpu"]}
+    if gpu_rules:
+        name, r = max(gpu_rules.items(), key=lambda kv: kv[1]["max_job_hours"])
+        lines.append(f"longest job: {name} at {r['max_job_hours']:.2f} GPU-h")
     lines.append(f"{'total':<24} {sum(r['jobs'] for r in est['rules'].values()):>6} {'':>10} {est['total_gpu_hours']:>10.1f}")
     return "\n".join(lines)
 

@@ -135,25 +135,29 @@ def stream_scores(
     return out
 
 
-def plan_passes(n_specs: int, n_samples: int, bytes_per_sample: int, budget: int) -> list[list[tuple[int, int, int]]]:
+def plan_passes(
+    n_specs: int, n_samples: int, bytes_per_sample: int | Sequence[int], budget: int
+) -> list[list[tuple[int, int, int]]]:
     """Split the query bank into passes over the training set that each fit ``budget`` bytes.
 
-    A bank row group is one (query set, sample): ``bytes_per_sample`` covers all its variants and dampings.
+    A bank row group is one (query set, sample): ``bytes_per_sample`` covers all its variants and dampings, one
+    number for every query set or one per query set (when methods score different queries).
 
     Returns:
         Per pass, ``(spec index, first sample, end sample)`` ranges, in order; one pass when everything fits.
     """
-    per_pass = max(1, budget // max(1, bytes_per_sample))
-    flat = [(k, i) for k in range(n_specs) for i in range(n_samples)]
-    passes = []
-    for start in range(0, len(flat), per_pass):
-        units: list[tuple[int, int, int]] = []
-        for k, i in flat[start : start + per_pass]:
+    sizes = [bytes_per_sample] * n_specs if isinstance(bytes_per_sample, int) else list(bytes_per_sample)
+    passes: list[list[tuple[int, int, int]]] = []
+    used = budget + 1  # start a new pass at the first unit
+    for k in range(n_specs):
+        for i in range(n_samples):
+            if used + sizes[k] > budget and not (passes and used == 0):
+                passes.append([])
+                used = 0
+            units = passes[-1]
             if units and units[-1][0] == k and units[-1][2] == i:
                 units[-1] = (k, units[-1][1], i + 1)
             else:
                 units.append((k, i, i + 1))
-        passes.append(units)
+            used += sizes[k]
     return passes
-
-

@@ -97,6 +97,13 @@ class GradientInputs:
             trajectories=torch.from_numpy(art["trajectories"]) if "trajectories" in art.data else None,
         )
 
+    def shard(self, start: int, end: int) -> GradientInputs:
+        """The same inputs with only samples ``start..end``; their query draws stay those of their place among all
+        samples, so sharded scores equal unsharded ones."""
+        ids = list(range(start, end)) if self.draw_indices is None else list(self.draw_indices[start:end])
+        traj = None if self.trajectories is None else self.trajectories[start:end]
+        return dataclasses.replace(self, samples=self.samples[start:end], trajectories=traj, draw_indices=ids)
+
     @property
     def n_params(self) -> int:
         """P: the parameters K-FAC covers, the length of every gradient."""
@@ -171,7 +178,7 @@ class ScoreFile:
 
 def score_gradients(
     preconditioners: Mapping[str, Preconditioner],
-    queries: Sequence[Query],
+    queries: Sequence[Query] | Mapping[str, Sequence[Query]],
     n_samples: int,
     query_gradients: Callable[[Query, int, int], torch.Tensor],
     train_rows: Callable[[torch.Tensor], torch.Tensor],
@@ -182,34 +189,38 @@ def score_gradients(
     """Score every (method, query) through one query bank and one stream of training rows per pass.
 
     Several preconditioners that share their training rows (the K-FAC variants) are scored in the same pass.
-    There is one pass over the training set unless the bank exceeds ``args.bank_memory_mb``
-    (:func:`~diffattr.scores.bank.plan_passes`).
+    ``queries`` is one list for every method, or a list per method (a query's gradients are computed once for all
+    methods that score it). There is one pass over the training set unless the bank exceeds
+    ``args.bank_memory_mb`` (:func:`~diffattr.scores.bank.plan_passes`).
 
     Returns:
         ``{(method, query name): [n_damping, S, N]}`` float32 and the wall-time breakdown in seconds
         (``query_gradients``, ``precondition``, ``train_rows_and_scoring``, and ``passes``).
     """
+    per_method = queries if isinstance(queries, Mapping) else {m: list(queries) for m in preconditioners}
+    specs = list(dict.fromkeys(q for m in preconditioners for q in per_method[m]))  # each query once, in order
+    users = {q: [m for m in preconditioners if q in per_method[m]] for q in specs}
     first = next(iter(preconditioners.values()))
-    per_sample = sum(len(p.dampings) for p in preconditioners.values()) * bank_row_bytes(
-        first.width, first.compression, first.dtype)
-    passes = plan_passes(len(queries), n_samples, per_sample, args.bank_memory_mb * 2**20)
+    row_bytes = bank_row_bytes(first.width, first.compression, first.dtype)
+    per_sample = [sum(len(preconditioners[m].dampings) for m in users[q]) * row_bytes for q in specs]
+    passes = plan_passes(len(specs), n_samples, per_sample, args.bank_memory_mb * 2**20)
     if len(passes) > 1:
         log.warning("the query bank needs %.1f GB, more than influence.bank_memory_mb = %d MB: scoring in %d passes "
                     "over the training set, each recomputing the training rows",
-                    len(queries) * n_samples * per_sample / 1e9, args.bank_memory_mb, len(passes))
-    scores = {(m, q.name): np.zeros((len(p.dampings), n_samples, n_train), dtype=np.float32)
-              for m, p in preconditioners.items() for q in queries}
+                    n_samples * sum(per_sample) / 1e9, args.bank_memory_mb, len(passes))
+    scores = {(m, q.name): np.zeros((len(preconditioners[m].dampings), n_samples, n_train), dtype=np.float32)
+              for q in specs for m in users[q]}
     timings = {"query_gradients": 0.0, "precondition": 0.0, "train_rows_and_scoring": 0.0}
     for k, units in enumerate(passes):
         bank = QueryBank(first.compression, first.group_sizes, dtype=first.dtype)
         for spec, s0, s1 in units:
-            query = queries[spec]
+            query = specs[spec]
             t0 = time.perf_counter()
             q = query_gradients(query, s0, s1)
             timings["query_gradients"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            for method, pre in preconditioners.items():
-                bank.add((method, query.name, s0), pre.precondition(q))
+            for method in users[query]:
+                bank.add((method, query.name, s0), preconditioners[method].precondition(q))
             timings["precondition"] += time.perf_counter() - t0
         log.info("pass %d/%d: query bank of %d rows, %.1f MB (%s)", k + 1, len(passes), bank.n_rows,
                  bank.nbytes() / 1e6, first.compression)

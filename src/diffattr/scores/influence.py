@@ -53,10 +53,13 @@ class KFACArgs:
 
 
 def score_kfac(
-    curvatures: Sequence[Curvature], inputs: GradientInputs, queries: Sequence[Query], args: GradientArgs,
-    dampings: Sequence[float], default_damping: float, progress: bool = True, cache: Any = None,
+    curvatures: Sequence[Curvature], inputs: GradientInputs, queries: Sequence[Query] | Mapping[str, Sequence[Query]],
+    args: GradientArgs, dampings: Sequence[float], default_damping: float, progress: bool = True, cache: Any = None,
 ) -> tuple[list[ScoreFile], dict[str, float]]:
-    """Every curvature variant × query in one pass over the training gradients (or from ``cache``)."""
+    """Every curvature variant × query in one pass over the training gradients (or from ``cache``).
+
+    ``queries``: the same for every variant, or per variant name (e.g. the timestep queries for the first only).
+    """
     cache = cache or NoCache()
     pre: Mapping[str, KFACPreconditioner] = {
         c.variant.name: KFACPreconditioner(c, list(dampings), args.compression) for c in curvatures}
@@ -66,9 +69,10 @@ def score_kfac(
     scores, timings = score_gradients(pre, queries, inputs.samples.shape[0],
                                       lambda q, s0, s1: inputs.query_gradients(q, s0, s1, args), rows,
                                       inputs.images.shape[0], args, progress)
+    per_variant = queries if isinstance(queries, Mapping) else {m: queries for m in pre}
     files = [ScoreFile(m, q.name, scores[(m, q.name)], p.dampings, float(default_damping), q.name,
                        KFACArgs(args, list(p.dampings), float(default_damping), p.curvature.args))
-             for m, p in pre.items() for q in queries]
+             for m, p in pre.items() for q in per_variant[m]]
     return files, timings
 
 

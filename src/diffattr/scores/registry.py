@@ -37,6 +37,9 @@ class MethodInfo:
         needs_model: Scored from the full model's gradients (else from the images alone).
         counterfactual: Evaluated by retraining without its top influences (paper Fig. 3).
         gradient_passes: Passes over the training set's gradients (for ``make estimate``; 0 for similarities).
+        features: The gradient output of its training features (``loss``, ``square_norm``), computed by the
+            sharded rule ``compute_features`` and shared by the methods that name the same output; None: the
+            scorer makes its own training rows.
     """
 
     name: str
@@ -46,6 +49,7 @@ class MethodInfo:
     needs_model: bool = True
     counterfactual: bool = False
     gradient_passes: int = 1
+    features: str | None = None
 
     def load(self) -> Callable[..., Any]:
         """The scorer function."""
@@ -56,9 +60,12 @@ class MethodInfo:
 _GRADIENTS = ("influence", "diffusion", "train.hflip")
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
-    MethodInfo("trak", "TRAK", "diffattr.scores.trak:score_trak", ("trak", *_GRADIENTS), counterfactual=True),
-    MethodInfo("dtrak", "D-TRAK", "diffattr.scores.trak:score_dtrak", ("trak", *_GRADIENTS), counterfactual=True),
-    MethodInfo("trak_fp16", "TRAK (float16)", "diffattr.scores.trak:score_trak_fp16", ("trak", *_GRADIENTS)),
+    MethodInfo("trak", "TRAK", "diffattr.scores.trak:score_trak", ("trak", *_GRADIENTS), counterfactual=True,
+               features="loss"),
+    MethodInfo("dtrak", "D-TRAK", "diffattr.scores.trak:score_dtrak", ("trak", *_GRADIENTS), counterfactual=True,
+               features="square_norm"),
+    MethodInfo("trak_fp16", "TRAK (float16)", "diffattr.scores.trak:score_trak_fp16", ("trak", *_GRADIENTS),
+               features="loss"),
     MethodInfo("graddot", "Gradient dot product", "diffattr.scores.graddot:score", _GRADIENTS),
     MethodInfo("clip", "CLIP", "diffattr.scores.clip:score_clip", ("clip",), needs_model=False, gradient_passes=0),
 )}

@@ -162,23 +162,38 @@ class HalfTrakPreconditioner:
         return self.rotate(project(self.projector, query_grads))
 
 
-def train_features(inputs: GradientInputs, args: TrakArgs, projector: Any, progress: bool = True) -> torch.Tensor:
-    """Projected training gradients Φ ``[N, k]``, :data:`TRAK_BLOCK` examples per projector call."""
-    n, g = inputs.images.shape[0], args.gradients
+def train_features(inputs: GradientInputs, args: TrakArgs, projector: Any, progress: bool = True,
+                   start: int = 0, end: int | None = None) -> torch.Tensor:
+    """Projected training gradients Φ ``[end - start, k]`` of training examples ``start..end`` (default: all),
+    :data:`TRAK_BLOCK` examples per projector call. A training example's features do not depend on the range."""
+    end, g = inputs.images.shape[0] if end is None else end, args.gradients
     bs = max(g.batch_size, TRAK_BLOCK)
     feats = []
-    for start in tqdm(range(0, n, bs), desc=f"{args.output} features", disable=not progress, mininterval=2):
-        idx = torch.arange(start, min(start + bs, n))
+    for first in tqdm(range(start, end, bs), desc=f"{args.output} features", disable=not progress, mininterval=2):
+        idx = torch.arange(first, min(first + bs, end))
         grads = torch.cat([inputs.training_gradients(i, g, args.output) for i in idx.split(g.batch_size)])
         feats.append(project(projector, grads))
     return torch.cat(feats)
 
 
+def trak_args(sections: Mapping[str, Any], output: str) -> TrakArgs:
+    """TRAK's arguments from its config sections (``trak``, ``influence``, ``train.hflip``) for a gradient output."""
+    tcfg = sections["trak"]
+    return TrakArgs(GradientArgs.from_sections(sections["influence"], sections["train.hflip"]), output,
+                    int(tcfg["projection_dim"]), int(tcfg["seed"]), list(tcfg["dampings"]),
+                    float(tcfg["default_damping"]))
+
+
+def feature_args(args: TrakArgs) -> dict[str, Any]:
+    """What shapes the training features (saved with feature shards): the gradients, output and projection."""
+    g = args.gradients
+    return {"mc_samples": g.mc_samples, "seed": g.seed, "hflip": g.hflip, "output": args.output,
+            "projection_dim": args.projection_dim, "projection_seed": args.projection_seed}
+
+
 def _score(method: str, output: str, sections: Mapping[str, Any], inputs: GradientInputs, queries: Sequence[Query],
            progress: bool, cache: Any, half: bool = False) -> tuple[list[ScoreFile], dict[str, float]]:
-    tcfg = sections["trak"]
-    args = TrakArgs(GradientArgs.from_sections(sections["influence"], sections["train.hflip"]), output,
-                    int(tcfg["projection_dim"]), int(tcfg["seed"]), list(tcfg["dampings"]), float(tcfg["default_damping"]))
+    args = trak_args(sections, output)
     device = inputs.images.device
     projector = make_projector(inputs.n_params, args.projection_dim, args.projection_seed, device)
     t0 = time.perf_counter()

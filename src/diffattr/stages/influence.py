@@ -19,6 +19,7 @@ from diffattr.queries import parse_query
 from diffattr.runtime import select_device
 from diffattr.scores.base import GradientArgs, GradientInputs, write_score_files
 from diffattr.scores.influence import score_kfac
+from diffattr.scores.shards import gather_score_shards, shard_bounds
 from diffattr.stages import Paths, model_dir
 
 log = logging.getLogger(__name__)
@@ -44,25 +45,36 @@ def fit_curvature(
 
 
 def compute_kfac_scores(
-    input: Paths, output: Paths, *, queries: Sequence[str], influence: Mapping[str, Any],
+    input: Paths, output: Paths, *, shard: int, queries: Mapping[str, Sequence[str]], influence: Mapping[str, Any],
     diffusion: Mapping[str, Any], hflip: bool, device: str,
 ) -> None:
-    """``scores/{variant}/{query}.h5`` for every curvature in ``input.curvatures`` and every query.
+    """Shard ``shard`` of ``influence.sample_shards``: ``{variant}/{query}.h5`` for every curvature in
+    ``input.curvatures`` and its queries (``queries``: variant -> query names), for one range of the samples.
 
-    Training gradients are computed once per pass over the training set; there is one pass unless the query bank
-    exceeds ``influence.bank_memory_mb``.
+    Training gradients are computed once per pass over the training set; there is one pass unless this shard's
+    query bank exceeds ``influence.bank_memory_mb``. ``gather_kfac_scores`` joins the shards.
     """
     device = select_device(device)
     t0 = time.perf_counter()
     inputs = GradientInputs.load(model_dir(input.model), input.train, input.samples, diffusion, device)
+    n_samples = inputs.samples.shape[0]
+    s0, s1 = shard_bounds(n_samples, int(influence["sample_shards"]))[int(shard)]
     curvatures = [load_curvature(p) for p in input.curvatures]
     load_s = time.perf_counter() - t0
-    files, timings = score_kfac(curvatures, inputs, [parse_query(q) for q in queries],
+    files, timings = score_kfac(curvatures, inputs.shard(s0, s1), {v: [parse_query(q) for q in qs]
+                                                                   for v, qs in queries.items()},
                                 GradientArgs.from_sections(influence, hflip), influence["dampings"],
                                 influence["default_damping"])
     timings = {"load": load_s, **timings}
+    files = [dataclasses.replace(f, attrs={**f.attrs, "samples": [s0, s1], "n_samples": n_samples}) for f in files]
     write_score_files(files, output.scores, timings)
-    log.info("timings: %s", {k: round(v, 2) for k, v in timings.items()})
+    log.info("shard %d (samples %d..%d of %d), timings: %s", shard, s0, s1, n_samples,
+             {k: round(v, 2) for k, v in timings.items()})
+
+
+def gather_kfac_scores(input: Paths, output: Paths) -> None:
+    """``scores/{variant}/{query}.h5``: the sample shards of ``compute_kfac_scores`` joined along the samples."""
+    gather_score_shards(input.shards, output.scores)
 
 
 def compute_kfac_grad_scores(
