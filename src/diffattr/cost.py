@@ -27,8 +27,8 @@ from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.models import build_unet
 from diffattr.queries import query_names
 from diffattr.scores.bank import bank_row_bytes, plan_passes
-from diffattr.scores.shards import shard_bounds
 from diffattr.scores.registry import METHODS
+from diffattr.scores.shards import shard_bounds
 from diffattr.scores.trak import TRAK_BLOCK
 
 REFERENCE_FILE = Path(__file__).with_name("cost_reference.json")

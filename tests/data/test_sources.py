@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffattr.data import DataError, fetch, load_cifar10_python, load_digits, load_image_folder, select
-from diffattr.data.sources import sha256_of
+from diffattr.data import (
+    DataError,
+    fetch,
+    load_cifar10_python,
+    load_digits,
+    load_image_folder,
+    resize,
+    select,
+)
+from diffattr.data.sources import RawImages, sha256_of
 from tests.conftest import SHARED_DATASETS
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -183,3 +191,15 @@ def test_cifar2_from_shared_jpeg_tarball():
     assert ds.images.shape == (5000, 3, 32, 32)
     assert np.bincount(ds.labels).tolist() == [2500, 2500]
     assert len(np.unique(ds.source_index)) == 5000
+
+
+def test_resize_averages_blocks_and_keeps_labels():
+    images = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    raw = RawImages(images, np.array([0, 1]), np.array([5, 9]), ["a", "b"])
+    small = resize(raw, 2)
+    assert small.images.shape == (2, 3, 2, 2) and small.images.dtype == np.uint8
+    block = images[1, 2, 2:4, 0:2].astype(float).mean()  # bottom-left 2x2 block of the last image's third channel
+    assert small.images[1, 2, 1, 0] == np.round(block)
+    np.testing.assert_array_equal(small.labels, raw.labels)
+    np.testing.assert_array_equal(small.source_index, raw.source_index)
+    assert resize(raw, None) is raw and resize(raw, 4) is raw

@@ -1,6 +1,6 @@
 """Data sources, the training-set artefact and random subsets."""
 
-from diffattr.data.dataset import load_source, read_train, select, write_train
+from diffattr.data.dataset import load_source, read_train, resize, select, write_train
 from diffattr.data.sources import (
     DataError,
     RawImages,
@@ -22,6 +22,7 @@ __all__ = [
     "load_source",
     "read_subsets",
     "read_train",
+    "resize",
     "select",
     "write_train",
 ]

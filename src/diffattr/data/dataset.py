@@ -58,6 +58,24 @@ def select(raw: RawImages, classes: list[str] | None, per_class: int | None, see
     return RawImages(raw.images[order], np.concatenate(labels), raw.source_index[order], names, files)
 
 
+def resize(ds: RawImages, size: int | None) -> RawImages:
+    """Images downsampled (or upsampled) to ``size`` x ``size`` pixels (``data.resize``; None: unchanged).
+
+    Area interpolation (``torch.nn.functional.interpolate``, mode ``area``: a 32 -> 16 resize averages 2x2
+    blocks), rounded back to uint8.
+    """
+    if size is None or ds.images.shape[-2:] == (size, size):
+        return ds
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(ds.images)).float()
+    mode = "area" if size <= min(x.shape[-2:]) else "bilinear"
+    y = F.interpolate(x, size=(size, size), mode=mode)
+    images = y.round().clamp(0, 255).to(torch.uint8).numpy()
+    return RawImages(images, ds.labels, ds.source_index, ds.class_names, ds.file_names)
+
+
 def write_train(ds: RawImages, out: str | Path, data_cfg: Mapping[str, Any]) -> Path:
     """Write the training set ``train.h5`` (with the ``data`` section that made it).
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from diffattr.data import draw_subsets, load_source, select, write_train
+from diffattr.data import draw_subsets, load_source, resize, select, write_train
 from diffattr.io import read_h5, write_h5
 from diffattr.stages import Paths
 
@@ -14,9 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def prepare_dataset(input: Paths, output: Paths, *, data: Mapping[str, Any]) -> None:
-    """``data/train.h5`` from the ``data`` section (see :func:`diffattr.data.write_train`)."""
+    """``data/train.h5`` from the ``data`` section (see :func:`diffattr.data.write_train`), resized to
+    ``data.resize`` pixels when set."""
     raw = load_source(data)
-    ds = select(raw, data.get("classes"), data.get("per_class"), data["seed"])
+    ds = resize(select(raw, data.get("classes"), data.get("per_class"), data["seed"]), data.get("resize"))
     counts = {n: int((ds.labels == i).sum()) for i, n in enumerate(ds.class_names)}
     log.info("training set: %d images %s, classes %s", len(ds.images), ds.images.shape[1:], counts)
     write_train(ds, output.train, data)
