@@ -1,7 +1,7 @@
 """Unit costs of the pipeline's GPU work for one U-Net preset on the device found here; `diffattr.cost` turns
 them into per-rule estimates (`make estimate EXP=cifar2`).
 
-Measures, after a warm-up each: one training step at batch 128 per precision (fp32, tf32, bf16); an inference forward pass per
+Measures, after a warm-up each: one training step at batch 128 per precision (fp32, tf32, bf16, bf16+compile); an inference forward pass per
 image; a per-example training-loss gradient per (example, draw); a K-FAC fit (expand, reduce) per (example,
 draw) and its eigendecomposition per fit; a TRAK projection per gradient at k = 32768 (batches of 32). Prints them as JSON (the shape of `diffattr.cost.REFERENCE`).
 
@@ -72,7 +72,7 @@ def main() -> None:
 
     record("train_batch", 8 if args.small else 128)
     record("train_step_s", {p: time_step(args.preset, out["train_batch"], p, device, 2 if args.small else 5)
-                            for p in (["fp32", "tf32", "bf16"] if gpu else ["fp32"])})
+                            for p in (["fp32", "tf32", "bf16", "bf16+compile"] if gpu else ["fp32"])})
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the attribution rules' fp32
 
     x = torch.rand(fwd_batch, c, size, size, device=device) * 2 - 1

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 WORKFLOW_PARTS = ["Snakefile", "rules", "report", "scripts", "envs", "schemas", "config.yaml", "experiments", "examples", "src",
-                  "requirements"]
+                  "requirements", "profiles"]
 DVC_PARTS = ["dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "Makefile"]
 BIN = Path(sys.executable).parent
 GIT_ID = ["-c", "user.name=diffattr-tests", "-c", "user.email=tests@diffattr.invalid"]

@@ -24,14 +24,42 @@ def test_auto_device_is_cuda():
     assert select_device("auto") == "cuda"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
-def test_training_on_gpu_runs_and_learns(precision):
-    cfg = validate_config({"experiment": "g", "train": {"batch_size": 32, "lr": 2e-3, "precision": precision}})["train"]
+@pytest.mark.parametrize("precision,compile", [("fp32", False), ("tf32", False), ("bf16", False), ("bf16", True)])
+def test_training_on_gpu_runs_and_learns(precision, compile):
+    cfg = validate_config({"experiment": "g", "train": {"batch_size": 32, "lr": 2e-3, "precision": precision,
+                                                        "compile": compile}})["train"]
     data = torch.rand(64, 1, 8, 8) * 2 - 1
     _, hist = train(build_unet("unet_tiny"), data, Schedule.linear(), cfg, seed=0, steps=60, device="cuda", progress=False)
     losses = [h[1] for h in hist]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_compiled_bf16_training_on_gpu_resumes_exactly(tmp_path):
+    """train.compile (inductor) with bf16 on CUDA: a run killed after a checkpoint continues the uninterrupted run's
+    loss history (to float rounding: some CUDA kernels, e.g. atomics in backward passes, are not bit-deterministic)."""
+    cfg = validate_config({"experiment": "g", "train": {"batch_size": 32, "lr": 2e-3, "precision": "bf16",
+                                                        "compile": True, "checkpoint_every": 4}})["train"]
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+    _, ref = train(build_unet("unet_tiny"), data, Schedule.linear(), cfg, seed=1, steps=8, device="cuda",
+                   progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, _):
+        if step == 6:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        train(build_unet("unet_tiny"), data, Schedule.linear(), cfg, seed=1, steps=8, checkpoint=ckpt, device="cuda",
+              on_step=kill, progress=False)
+    _, hist = train(build_unet("unet_tiny"), data, Schedule.linear(), cfg, seed=1, steps=8, checkpoint=ckpt,
+                    device="cuda", progress=False)
+    assert [h[0] for h in hist] == [h[0] for h in ref]
+    torch.testing.assert_close(torch.tensor([h[1] for h in hist]), torch.tensor([h[1] for h in ref]), rtol=1e-6,
+                               atol=0)
 
 
 def test_sampling_on_gpu_is_deterministic_for_a_seed():

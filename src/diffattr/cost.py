@@ -86,6 +86,22 @@ def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") ->
     return jobs
 
 
+def train_step_key(train: Mapping[str, Any]) -> str:
+    """The reference step time a ``train`` section uses: its precision, ``+compile`` with ``train.compile``."""
+    return train["precision"] + ("+compile" if train.get("compile") else "")
+
+
+def train_step_seconds(train: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
+    """Seconds per training step at the reference batch: measured (``train_step_s``) or, until measured, assumed
+    (``assumed.train_step_s``, said so in the estimate)."""
+    key = train_step_key(train)
+    for table in (ref["train_step_s"], ref.get("assumed", {}).get("train_step_s", {})):
+        if key in table:
+            return float(table[key])
+    raise ValueError(f"train.precision/train.compile {key!r} has no reference step time (have "
+                     f"{sorted(ref['train_step_s'])}); measure it with bench/unit_costs.py")
+
+
 def projection_call_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
     """GPU seconds of one projector call: traker's BasicProjector regenerates its matrix per call, so the cost is
     per call (one per block of training gradients and one per query set), linear in k."""
@@ -115,10 +131,7 @@ def job_seconds(
     query_draws = S * n_queries * gradient_mc_counts(icfg)[0]
     if rule == "train_model":
         steps = tr["subset_steps"] if wildcards.get("model", "").startswith("subset") else tr["steps"]  # downweight: all
-        if tr["precision"] not in ref["train_step_s"]:
-            raise ValueError(f"train.precision {tr['precision']!r} has no reference step time (have "
-                             f"{sorted(ref['train_step_s'])})")
-        return steps * ref["train_step_s"][tr["precision"]] * tr["batch_size"] / ref["train_batch"]
+        return steps * train_step_seconds(tr, ref) * tr["batch_size"] / ref["train_batch"]
     if rule == "sample_images":
         return S * T * fwd
     if rule == "measure_model":
@@ -191,7 +204,10 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
             key = {"train_model": "train_runtime", "compute_kfac_scores": "kfac_scores_runtime"}.get(rule, "gpu_runtime")
             row["runtime_limit_hours"] = cfg["resources"][key] / 60
             row["runtime_key"] = f"resources.{key}"
+    key = train_step_key(cfg["train"])
+    assumed = [] if key in ref["train_step_s"] else [f"train_step_s[{key}] = {train_step_seconds(cfg['train'], ref)}"]
     return {"experiment": cfg["experiment"], "n_train": n_train(cfg), "reference": ref, "rules": dict(rows),
+            "assumed_unit_costs": assumed,
             "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values()),
             "timestep_oracles": {"gpu_hours": timestep_hours, "draws_per_timestep":
                                  cfg["measure"]["timestep_mc_samples"] or cfg["measure"]["mc_samples"],
@@ -228,6 +244,9 @@ def format_estimate(est: Mapping[str, Any]) -> str:
                      f"influence.bank_memory_mb = {bank['bank_memory_mb']} MB: each job makes {bank['passes']} passes "
                      f"over the training set; influence.sample_shards = {bank['sample_shards'] * bank['passes']} "
                      "(or more memory) makes it one")
+    if est["assumed_unit_costs"]:
+        lines.append(f"note: not measured on a GPU yet: {', '.join(est['assumed_unit_costs'])} "
+                     f"({ref['assumed']['source']}); every other unit cost was measured as stated above")
     gpu_rules = {k: r for k, r in est["rules"].items() if r["gpu"]}
     if gpu_rules:
         name, r = max(gpu_rules.items(), key=lambda kv: kv[1]["max_job_hours"])

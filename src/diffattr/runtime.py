@@ -1,8 +1,10 @@
-"""Run-time plumbing shared by the rule scripts: logging to the rule's log, threads, device choice."""
+"""Run-time plumbing shared by the rule scripts: logging to the rule's log, threads, device choice, and the GPU
+slot a job holds on a workstation that packs several jobs per GPU (``profiles/workstation``)."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -36,6 +38,9 @@ def rule_context(smk: Any) -> Iterator[None]:
     old_stderr = sys.stderr
     sys.stderr = stream
     log.info("rule %s started (threads=%d)", getattr(smk, "rule", "?"), threads)
+    slots = claim_gpu_slots(int(getattr(getattr(smk, "resources", None), "gpu", 0) or 0))
+    if slots:
+        log.info("GPU slots %s (CUDA_VISIBLE_DEVICES=%s)", [s.name for s in slots], os.environ["CUDA_VISIBLE_DEVICES"])
     try:
         yield
         log.info("rule %s finished", getattr(smk, "rule", "?"))
@@ -45,6 +50,64 @@ def rule_context(smk: Any) -> Iterator[None]:
     finally:
         sys.stderr = old_stderr
         stream.flush()
+
+
+GPUS_ENV, JOBS_PER_GPU_ENV, LOCK_DIR_ENV = "DIFFATTR_GPUS", "DIFFATTR_JOBS_PER_GPU", "DIFFATTR_GPU_LOCKS"
+
+
+def claim_gpu_slots(gpu: int, environ: dict[str, str] | None = None) -> list[Any]:
+    """Pin this job to one GPU of a workstation shared by several jobs, by holding ``gpu`` of its slots.
+
+    Active only when ``DIFFATTR_GPUS`` lists device ids (e.g. ``0,1``; set by ``profiles/workstation``'s README
+    line) and ``CUDA_VISIBLE_DEVICES`` is not set already. Each GPU has ``DIFFATTR_JOBS_PER_GPU`` slots (default 1),
+    one lock file each under ``DIFFATTR_GPU_LOCKS`` (default ``/tmp/diffattr-gpu-locks``); a job asking for
+    ``gpu`` slots (its Snakemake resource; a whole GPU when ``gpu`` >= slots per GPU) locks that many free slots of
+    the device with the most free slots, waiting for one if none has enough, and sets ``CUDA_VISIBLE_DEVICES`` to
+    it. Snakemake's ``--resources gpu=<GPUs x slots>`` keeps the total in bounds; the locks (released when the
+    process ends, however it ends) decide which device. Snakemake assigns no device ids itself.
+
+    Returns:
+        The open lock files (keep them referenced for the job's lifetime), or [] when not active.
+    """
+    env = os.environ if environ is None else environ
+    devices = [d.strip() for d in env.get(GPUS_ENV, "").split(",") if d.strip()]
+    if gpu <= 0 or not devices or "CUDA_VISIBLE_DEVICES" in env:
+        return []
+    per_gpu = max(1, int(env.get(JOBS_PER_GPU_ENV, "1")))
+    need = min(gpu, per_gpu)
+    root = env.get(LOCK_DIR_ENV, "/tmp/diffattr-gpu-locks")
+    os.makedirs(root, exist_ok=True)
+    while True:
+        best: list[Any] = []
+        best_dev = None
+        for dev in devices:
+            held = []
+            for slot in range(per_gpu):
+                f = open(os.path.join(root, f"gpu{dev}-slot{slot}.lock"), "w")  # noqa: SIM115 (held open)
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(f)
+                except BlockingIOError:
+                    f.close()
+            if len(held) > len(best):
+                for f in best:
+                    f.close()  # closing releases the lock
+                best, best_dev = held, dev
+            else:
+                for f in held:
+                    f.close()
+            if len(best) >= need:
+                break
+        if len(best) >= need:
+            for f in best[need:]:
+                f.close()
+            env["CUDA_VISIBLE_DEVICES"] = str(best_dev)
+            return best[:need]
+        for f in best:
+            f.close()
+        import time
+
+        time.sleep(1.0)
 
 
 def select_device(setting: str = "auto") -> str:

@@ -210,3 +210,36 @@ def test_weighted_run_resumes_only_with_the_same_weights(digits, tmp_path):
     train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=7, steps=6, checkpoint=ckpt,
           on_step=lambda s, _: steps_run.append(s), progress=False, weights=torch.ones(len(digits)))
     assert steps_run[0] == 1
+
+
+def test_bf16_compiled_training_learns(digits):
+    """bf16 autocast and torch.compile together (the GPU recipe) still learn. torch.compile runs with its
+    ``aot_eager`` backend on a CPU (the same graph capture and AOT autograd as inductor, without minutes of C++
+    compilation on two cores); ``tests/test_gpu.py`` runs inductor on a GPU."""
+    options = cfg(precision="bf16", compile="aot_eager", lr=3e-3)
+    _, hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), options, seed=0, steps=80, progress=False)
+    losses = np.array([h[1] for h in hist])
+    assert losses[-20:].mean() < 0.7 * losses[:10].mean(), (losses[:10].mean(), losses[-20:].mean())
+
+
+@pytest.mark.parametrize("options", [{"precision": "bf16"}, {"compile": "aot_eager"},
+                                     {"precision": "bf16", "compile": "aot_eager"}],
+                         ids=["bf16", "compile", "bf16+compile"])
+def test_bf16_and_compiled_training_resume_exactly(digits, tmp_path, options):
+    """A bf16 or compiled run killed after a checkpoint resumes to exactly the weights of an uninterrupted one."""
+    c = cfg(checkpoint_every=4, **options)
+    ref, ref_hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=8, progress=False)
+
+    def kill_at_6(step, loss):
+        if step == 6:
+            raise _Killed
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(_Killed):
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=8, checkpoint=ckpt,
+              on_step=kill_at_6, progress=False)
+    resumed, hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=5, steps=8, checkpoint=ckpt,
+                          progress=False)
+    assert hist == ref_hist
+    for (n, p), q in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)

@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.conftest import run_snakemake
 
 GPU_RULES = {"train_model", "sample_images", "measure_model", "fit_curvature", "compute_kfac_scores",
-             "compute_scores", "compute_kfac_grad_scores", "compression_ablation"}
+             "compute_scores", "compute_kfac_grad_scores", "compression_ablation", "compute_features"}
 STUBS = {
     # the plugin calls sbatch concurrently: the job-id counter is incremented under a lock (an unlocked
     # read-increment-write once printed no id under load, which made Snakemake give up submitting)

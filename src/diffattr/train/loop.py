@@ -2,8 +2,10 @@
 
 Recipe (paper appendix G; all values from the ``train`` config section): AdamW, gradient clipping, EMA with
 warm-up (diffusers ``EMAModel``: decay min(d, (1+n)/(10+n))), cosine LR schedule with linear warm-up, uniform
-random batches (with replacement), optional random horizontal flips, precision fp32 / tf32 / bf16 (autocast).
-The EMA weights are the model used downstream.
+random batches (with replacement), optional random horizontal flips, precision fp32 / tf32 / bf16 (autocast),
+and optionally the forward and backward passes compiled with ``torch.compile`` (``train.compile``; the optimiser,
+EMA and checkpoints act on the uncompiled module, whose parameters the compiled one shares). The EMA weights are
+the model used downstream.
 
 Resuming: every ``checkpoint_every`` steps the full state (model, EMA, optimiser, LR schedule, all RNG states,
 step, loss history) is written atomically. A rerun with the same inputs continues from the last checkpoint and,
@@ -216,7 +218,10 @@ def train(
             if cfg["precision"] == "bf16"
             else contextlib.nullcontext()
         )
-        eps_model = eps_fn(model)
+        # torch.compile wraps the module without copying it: the state dicts stay those of ``model``
+        compiled = cfg.get("compile")
+        backend = "inductor" if compiled is True else compiled
+        eps_model = eps_fn(torch.compile(model, backend=backend) if compiled else model)
         n, bs = data.shape[0], cfg["batch_size"]
         bar = tqdm(total=steps, initial=start, desc="train", disable=not progress, mininterval=2)
         for step in range(start + 1, steps + 1):
