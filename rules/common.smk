@@ -1,6 +1,7 @@
 # Helpers, wildcard constraints and target functions (no rules here).
 
-from diffattr.config import attribute_image_count, configured_variants, gradient_mc_counts, kfac_queries
+from diffattr.config import attribute_image_count, configured_variants, gradient_mc_counts, kfac_queries, \
+    model_measurements
 from diffattr.queries import query_names
 from diffattr.scores.registry import (
     METHODS,
@@ -113,6 +114,11 @@ ABLATION_METRICS = [name for name, figures in ABLATION_FIGURES.items() if figure
 FIGURE_NAMES = [*ATTRIBUTION_FIGURES, *MEASUREMENT_FIGURES, *sum(ABLATION_FIGURES.values(), []), "counterfactual"]
 CF_PLAN = counterfactual_plan(config)
 CF_MODELS = [f"cf{r}" for r in range(len(CF_PLAN))]
+
+
+def model_measure(model):
+    """The measure section for one model, with only the measurements something reads from it."""
+    return {**config["measure"], "measurements": model_measurements(config, model)}
 
 
 def train_inputs(wildcards):

@@ -9,7 +9,7 @@ rule measure_model:
         measurements=res("measurements/models/{model}.h5"),
     params:
         model_id="{model}",
-        measure=config["measure"],
+        measure=lambda w: model_measure(w.model),
         diffusion=config["diffusion"],
         device=config["device"],
     threads: config["resources"]["threads"]

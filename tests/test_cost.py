@@ -20,7 +20,8 @@ REF = {"preset": "ddpm_cifar", "device": "test", "torch": "x", "date": "today", 
        "train_step_s": {"fp32": 0.2, "tf32": 0.1, "bf16": 0.05}, "forward_s_per_image": 1e-4,
        "gradient_s_per_example_draw": 2e-3, "kfac_fit_expand_s_per_example_draw": 3e-3,
        "kfac_fit_reduce_s_per_example_draw": 1e-3, "kfac_eig_expand_s": 3.0, "kfac_eig_reduce_s": 2.0,
-       "projection_dim": 32768, "project_batch": 32, "project_s_per_gradient": 1e-2}
+       "projection_dim": 32768, "project_batch": 32, "project_s_per_gradient": 1e-2,
+       "assumed": {"source": "a test", "train_step_s": {"bf16+compile": 0.025}}}
 
 
 def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
@@ -31,26 +32,44 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert rules["train_model"]["jobs"] == 633 and rules["measure_model"]["jobs"] == 633
     assert rules["fit_curvature"]["jobs"] == 4 and "all" not in rules
     assert not rules["compute_lds"]["gpu"] and rules["compute_scores:clip"]["gpu"]
-    # training: full, 32 counterfactual and 100 down-weighted runs at 32k steps, 500 subset runs at 16k; 0.1 s/step
-    assert rules["train_model"]["gpu_hours"] == pytest.approx((133 * 32000 + 500 * 16000) * 0.1 / 3600)
-    # measurement per model: 200 samples x (5000 loss/elbo + 7 timesteps x 5000 draws + 1000 trajectory steps)
-    assert rules["measure_model"]["gpu_hours"] == pytest.approx(633 * 200 * (5000 + 35000 + 1000) * 1e-4 / 3600)
-    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(633 * 200 * 35000 * 1e-4 / 3600)
+    # training: full, 32 counterfactual and 100 down-weighted runs at 32k steps, 500 subset runs at 16k, in
+    # bf16 + compile, whose step time is an assumed one (0.025 s here), and said so
+    assert rules["train_model"]["gpu_hours"] == pytest.approx((133 * 32000 + 500 * 16000) * 0.025 / 3600)
+    assert est["assumed_unit_costs"] == ["train_step_s[bf16+compile] = 0.025"]
+    assert "not measured on a GPU yet: train_step_s[bf16+compile]" in format_estimate(est)
+    # measurement, 200 samples each: the full model and the fleet (501) everything (5000 loss/ELBO draws,
+    # 7 timesteps x 1000, 1000 trajectory steps), the counterfactual runs (32) the loss, the down-weighted (100)
+    # the timestep losses
+    fleet, cf, down = 501 * (5000 + 7000 + 1000), 32 * 5000, 100 * 7000
+    assert rules["measure_model"]["gpu_hours"] == pytest.approx(200 * (fleet + cf + down) * 1e-4 / 3600)
+    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(601 * 200 * 7000 * 1e-4 / 3600)
     assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
-    # K-FAC scores: the int8 bank (4 variants x 10 dampings x 10 queries (loss, elbo, trajectory, 7 timestep losses)
-    # x 200 samples of P bytes) is 3 TB, so 64 GB of bank memory means 46 passes over the training set
+    # K-FAC scores in 20 ranges of 10 samples: each int8 bank holds the first variant's 10 queries (loss, elbo,
+    # trajectory, 7 timestep losses) and the other three variants' loss and elbo, x 10 dampings x P bytes: 57 GB,
+    # one pass over the training set per job
     P = kfac_parameter_count("ddpm_cifar")
-    assert est["kfac_bank"]["gigabytes"] == pytest.approx(4 * 10 * 10 * 200 * P / 1e9)
-    assert est["kfac_bank"]["passes"] == 46
-    assert rules["compute_kfac_scores"]["gpu_hours"] == pytest.approx((46 * 5000 * 250 + 10 * 200 * 250) * 2e-3 / 3600)
+    assert est["kfac_bank"]["gigabytes"] == pytest.approx((10 + 3 * 2) * 10 * 10 * P / 1e9)
+    assert est["kfac_bank"]["passes"] == 1
+    assert rules["compute_kfac_scores"]["jobs"] == 20
+    assert rules["compute_kfac_scores"]["gpu_hours"] == pytest.approx(
+        (20 * 5000 * 250 + 10 * 200 * 250) * 2e-3 / 3600)
+    # TRAK features: 2 ranges of 2500 examples for each of the two gradient outputs, 20 projector calls each
+    assert rules["compute_features"]["jobs"] == 4
+    assert rules["compute_features"]["max_job_hours"] == pytest.approx((2500 * 250 * 2e-3 + 20 * 0.32) / 3600)
     # Fig. 7: one more pass per extra gradient count (25 and 100), for the loss, ELBO and trajectory queries
     assert rules["compute_kfac_grad_scores"]["jobs"] == 2
     assert rules["compute_kfac_grad_scores"]["gpu_hours"] == pytest.approx(
         sum(5000 * n + 200 * 3 * n for n in (25, 100)) * 2e-3 / 3600)
     assert rules["compression_ablation"]["gpu"] and rules["compute_scores:trak_fp16"]["gpu"]
     table = format_estimate(est)
-    assert "train_model" in table and "reference: test" in table and "makes 46 passes" in table
-    assert "7 timesteps x 5000 draws each" in table
+    assert "train_model" in table and "reference: test" in table and "passes over" not in table
+    assert "7 timesteps x 1000 draws each" in table and "longest job:" in table
+
+
+def test_the_bank_note_says_how_many_sample_shards_make_one_pass():
+    cfg = load_config(REPO / "experiments/cifar2.yaml")
+    cfg["influence"]["sample_shards"] = 1
+    assert kfac_bank(cfg, kfac_parameter_count("ddpm_cifar"))[1] == 19  # the 20 shards' banks, in one job
 
 
 def test_kfac_bank_fits_in_one_pass_with_enough_memory():
@@ -91,10 +110,11 @@ def test_paper_configs_request_enough_wall_time_for_their_estimated_jobs(experim
 
 
 def test_a_registered_method_is_priced_from_its_registry_entry():
-    """graddot needs no cost code of its own: one gradient pass over the training set plus the query gradients."""
+    """graddot needs no cost code of its own: one gradient pass over the training set plus the query gradients;
+    TRAK's training side is priced in compute_features, its scoring job projects the query gradients only."""
     cfg = load_config(REPO / "experiments/cifar2.yaml")
     query_draws = 200 * 10 * 250  # samples x (loss, elbo, trajectory, 7 timestep losses) x gradient draws
     assert job_seconds("compute_scores", {"method": "graddot"}, cfg, REF) == pytest.approx(
         (5000 * 250 + query_draws) * 2e-3)
-    trak = job_seconds("compute_scores", {"method": "trak"}, cfg, REF)
-    assert trak > job_seconds("compute_scores", {"method": "graddot"}, cfg, REF)  # plus the projections
+    assert job_seconds("compute_scores", {"method": "trak"}, cfg, REF) == pytest.approx(
+        query_draws * 2e-3 + 10 * 0.32)  # plus one projector call per query set

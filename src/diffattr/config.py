@@ -126,6 +126,16 @@ def gradient_mc_counts(influence: Mapping[str, Any]) -> list[int]:
     return [int(c) for c in counts] if isinstance(counts, list) else [int(counts)]
 
 
+def model_measurements(config: Mapping[str, Any], model_id: str) -> list[str]:
+    """The measurements taken of one model: only what something reads from it. A counterfactual run (``cf<r>``)
+    serves only the loss (the counterfactual evaluation), a down-weighted one only the timestep losses (Figs.
+    13/14); the full model and the retraining fleet every one of ``measure.measurements``."""
+    names = list(config["measure"]["measurements"])
+    keep = {"cf": {"loss"}, "downweight": {"timestep_loss"}}
+    prefix = next((p for p in keep if model_id.startswith(p)), None)
+    return names if prefix is None else [m for m in names if m in keep[prefix]]
+
+
 def kfac_queries(config: Mapping[str, Any]) -> dict[str, list[str]]:
     """Query names each K-FAC variant scores: the first every one of ``influence.measurements``, the others those of
     ``influence.variant_measurements`` among them (the paper compares variants only on the loss-like measurements,

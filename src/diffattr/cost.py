@@ -22,7 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffattr.config import attribute_image_count, gradient_mc_counts, kfac_queries, load_config
+from diffattr.config import (
+    attribute_image_count,
+    gradient_mc_counts,
+    kfac_queries,
+    load_config,
+    model_measurements,
+)
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.models import build_unet
 from diffattr.queries import query_names
@@ -108,10 +114,10 @@ def projection_call_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> f
     return ref["project_s_per_gradient"] * ref["project_batch"] * cfg["trak"]["projection_dim"] / ref["projection_dim"]
 
 
-def timestep_oracle_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
+def timestep_oracle_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any], model_id: str = "full") -> float:
     """GPU seconds of one model's timestep-loss oracles: samples × timesteps × ``measure.timestep_mc_samples``."""
     mcfg = cfg["measure"]
-    if "timestep_loss" not in mcfg["measurements"]:
+    if "timestep_loss" not in model_measurements(cfg, model_id):
         return 0.0
     draws = mcfg["timestep_mc_samples"] or mcfg["mc_samples"]
     return cfg["sample"]["n_samples"] * len(mcfg["timesteps"]) * draws * ref["forward_s_per_image"]
@@ -135,9 +141,10 @@ def job_seconds(
     if rule == "sample_images":
         return S * T * fwd
     if rule == "measure_model":
-        names = set(mcfg["measurements"])
+        model = wildcards.get("model", "full")
+        names = set(model_measurements(cfg, model))
         per_sample = mcfg["mc_samples"] * bool(names & {"loss", "elbo"}) + T * ("trajectory" in names)
-        return S * per_sample * fwd + timestep_oracle_seconds(cfg, ref)
+        return S * per_sample * fwd + timestep_oracle_seconds(cfg, ref, model)
     if rule == "fit_curvature":
         name = wildcards["curvature"]
         approx = "expand" if name.endswith("expand") else "reduce"
@@ -192,7 +199,7 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
         if rule == "all":
             continue
         if rule == "measure_model":
-            timestep_hours += timestep_oracle_seconds(cfg, ref) / 3600
+            timestep_hours += timestep_oracle_seconds(cfg, ref, wildcards.get("model", "full")) / 3600
         s = job_seconds(rule, wildcards, cfg, ref, passes)
         row = rows[f"{rule}:{wildcards['method']}" if "method" in wildcards else rule]  # one line per method
         row["jobs"] += 1
