@@ -200,3 +200,29 @@ def test_timestep_losses_have_their_own_draws_and_crn_is_an_option():
     np.testing.assert_allclose(b["loss"][0], want.mean().item(), rtol=1e-5)
     with pytest.raises(ValueError, match="common_random_numbers: false needs the model id"):
         measure_samples(model, s, x0, {**cfg, "common_random_numbers": False}, progress=False)
+
+
+def test_batches_across_samples_and_timesteps_equal_separate_computation():
+    """Loss and ELBO from one forward pass, in batches that span samples (and timestep losses in batches that span
+    samples and timesteps), equal each measurement computed on its own, sample by sample, with the same draws."""
+    from diffattr.diffusion.ddpm import eps_fn
+    from diffattr.diffusion.draws import timestep_draws
+    from diffattr.models import build_unet
+
+    T = 20
+    s = Schedule.linear(T)
+    model = build_unet("unet_tiny").eval()
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    cfg = {"measurements": ["loss", "elbo", "timestep_loss"], "mc_samples": 6, "timestep_mc_samples": 3,
+           "timesteps": [1, 5, 20], "batch_size": 5, "seed": 7}  # 5 rows: every batch straddles two pieces
+    out = measure_samples(model, s, x0, cfg, progress=False)
+    with torch.no_grad():
+        for i in range(3):
+            t, e = crn_draws(7, i, 6, (1, 8, 8), T)
+            for name, fn in (("loss", F.loss), ("elbo", F.elbo)):
+                want = fn(eps_fn(model), s, x0[i : i + 1], t[None], e[None])[0]
+                np.testing.assert_allclose(out[name][i], want.mean().item(), rtol=1e-5, err_msg=f"{name}, sample {i}")
+                np.testing.assert_allclose(out[f"{name}_se"][i], (want.std() / 6**0.5).item(), rtol=1e-4)
+            eps = timestep_draws(7, i, 3, (1, 8, 8))[None]
+            want = F.timestep_loss(eps_fn(model), s, x0[i : i + 1], [1, 5, 20], eps)[0].mean(-1)
+            np.testing.assert_allclose(out["timestep_loss"][i], want.numpy(), rtol=1e-5, err_msg=f"sample {i}")

@@ -10,6 +10,10 @@ every method, the exact-retraining oracle included, falls as the estimator noise
 Draw counts: ``measure.mc_samples`` (t, ε) draws for the loss and the ELBO (one forward pass serves both), and
 ``measure.timestep_mc_samples`` ε draws for *each* timestep loss (5000 of each in the paper, appendix G.5), from
 their own stream and shared across the timesteps.
+
+Batching: the forward passes run in batches of ``measure.batch_size`` draws that span samples and timesteps
+(:func:`_stream`), so a small per-sample or per-timestep draw count still fills the device; each draw's term is
+exactly what the per-sample computation with the same draws gives (to float rounding).
 """
 
 from __future__ import annotations
@@ -39,6 +43,53 @@ def _mean_se(terms: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     if terms.shape[-1] < 2:
         return mean, np.full_like(mean, np.nan)
     return mean, sem(terms.double().cpu().numpy(), axis=-1)
+
+
+def _stream(pieces, bs: int, eps_model, schedule: Schedule, device, n_keys: int, progress: bool, desc: str,
+            outputs) -> dict[Any, dict[str, torch.Tensor]]:
+    """Forward passes over pieces of Monte-Carlo draws, batched across pieces (samples, timesteps).
+
+    Args:
+        pieces: ``(key, x0 [C, H, W], t [m], eps [m, C, H, W])`` with m <= ``bs``, in order; the pieces of one key
+            are consecutive.
+        outputs: ``(x0, t, eps, x_t, pred)`` with one draw per row (``[R, ...]``, ``t``/``eps`` as ``[R, 1, ...]``)
+            -> ``{name: [R] terms}``.
+
+    Returns:
+        ``{key: {name: terms}}``, each key's terms concatenated in draw order.
+    """
+    done: dict[Any, dict[str, list[torch.Tensor]]] = {}
+    pending: list = []
+    bar = tqdm(total=n_keys, desc=desc, disable=not progress, mininterval=2)
+
+    def flush() -> None:
+        x0 = torch.cat([p[1].expand(len(p[2]), *p[1].shape) for p in pending]).to(device)
+        t = torch.cat([p[2] for p in pending]).to(device)[:, None]
+        eps = torch.cat([p[3] for p in pending]).to(device)[:, None]
+        x_t = noisy(schedule, x0, t, eps)
+        pred = F._flat_eps(eps_model, x_t, t)
+        values = outputs(x0, t, eps, x_t, pred)
+        start = 0
+        for key, _, tt, _ in pending:
+            if key not in done:
+                done[key] = {name: [] for name in values}
+                bar.update()
+            for name, v in values.items():
+                done[key][name].append(v[start : start + len(tt)])
+            start += len(tt)
+        pending.clear()
+
+    rows = 0
+    for piece in pieces:
+        if pending and rows + len(piece[2]) > bs:
+            flush()
+            rows = 0
+        pending.append(piece)
+        rows += len(piece[2])
+    if pending:
+        flush()
+    bar.close()
+    return {k: {name: torch.cat(v) for name, v in d.items()} for k, d in done.items()}
 
 
 def measure_samples(
@@ -78,32 +129,38 @@ def measure_samples(
     S, shape = samples.shape[0], tuple(samples.shape[1:])
     out: dict[str, list] = {}
     with torch.inference_mode():
-        for i in tqdm(range(S), desc="measure", disable=not progress, mininterval=2):
-            x0 = samples[i : i + 1].to(device)
-            t_all, eps_all = crn_draws(seed, i, n, shape, T, key)
-            if "loss" in names or "elbo" in names:
-                lt, et = [], []
-                for c in range(0, n, bs):
-                    t = t_all[c : c + bs].unsqueeze(0).to(device)
-                    eps = eps_all[c : c + bs].unsqueeze(0).to(device)
-                    x_t = noisy(schedule, x0, t, eps)
-                    pred = F._flat_eps(eps_model, x_t, t)  # one forward pass serves loss and ELBO
-                    lt.append(F.loss_from_pred(eps, pred))
-                    et.append(F.elbo_from_pred(schedule, x0, t, x_t, pred))
-                for name, terms in (("loss", lt), ("elbo", et)):
-                    if name in names:
-                        out.setdefault(name, []).append(_mean_se(torch.cat(terms, 1)[0]))
-            if "timestep_loss" in names:
-                eps = timestep_draws(seed, i, n_step_draws, shape, key)
-                per_step = []
-                for s in steps:
-                    terms = [
-                        F.timestep_loss(eps_model, schedule, x0, [s], eps[c : c + bs].unsqueeze(0).to(device))[0, 0]
-                        for c in range(0, n_step_draws, bs)
-                    ]
-                    per_step.append(_mean_se(torch.cat(terms)))
-                out.setdefault("timestep_loss", []).append(tuple(np.stack(v) for v in zip(*per_step, strict=True)))
-            if "trajectory" in names:
+        if "loss" in names or "elbo" in names:
+            # one forward pass serves loss and ELBO; the batches run across samples
+            def loss_pieces():
+                for i in range(S):
+                    t_all, eps_all = crn_draws(seed, i, n, shape, T, key)
+                    for c in range(0, n, bs):
+                        yield i, samples[i], t_all[c : c + bs], eps_all[c : c + bs]
+
+            terms = _stream(loss_pieces(), bs, eps_model, schedule, device, S, progress, "measure loss/ELBO",
+                            lambda x0, t, eps, x_t, pred: {"loss": F.loss_from_pred(eps, pred)[:, 0],
+                                                           "elbo": F.elbo_from_pred(schedule, x0, t, x_t, pred)[:, 0]})
+            for name in ("loss", "elbo"):
+                if name in names:
+                    out[name] = [_mean_se(terms[i][name]) for i in range(S)]
+        if "timestep_loss" in names:
+            # every (sample, timestep) in one stream of batches; a sample's ε draws are shared across its timesteps
+            def step_pieces():
+                for i in range(S):
+                    eps = timestep_draws(seed, i, n_step_draws, shape, key)
+                    for k, step in enumerate(steps):
+                        for c in range(0, n_step_draws, bs):
+                            part = eps[c : c + bs]
+                            yield (i, k), samples[i], torch.full((len(part),), step - 1, dtype=torch.long), part
+
+            terms = _stream(step_pieces(), bs, eps_model, schedule, device, S * len(steps), progress,
+                            "measure timestep losses",
+                            lambda x0, t, eps, x_t, pred: {"l": F.loss_from_pred(eps, pred)[:, 0]})
+            out["timestep_loss"] = [tuple(np.stack(v) for v in zip(*[_mean_se(terms[(i, k)]["l"])
+                                                                      for k in range(len(steps))], strict=True))
+                                    for i in range(S)]
+        if "trajectory" in names:
+            for i in tqdm(range(S), desc="measure trajectories", disable=not progress, mininterval=2):
                 traj = trajectories[i : i + 1].to(device)
                 total = F.trajectory(eps_model, schedule, traj, chunk=bs)
                 out.setdefault("trajectory", []).append((total[0].double().cpu().numpy(), np.float64(0.0)))
