@@ -85,8 +85,9 @@ def test_scores_equal_the_pipeline_scores(setup, tmp_path):
                   hflip=False, device="cpu")
     compute_kfac_scores(paths(model=files, train=tmp_path / "p/train.h5", samples=tmp_path / "p/samples.h5",
                               curvatures=[tmp_path / "p/c.h5"]),
-                        paths(scores=[tmp_path / "p/scores/kfac_mc_expand/loss.h5"]), queries=["loss"],
-                        influence=CONFIG["influence"], diffusion=CONFIG["diffusion"], hflip=False, device="cpu")
+                        paths(scores=[tmp_path / "p/scores/kfac_mc_expand/loss.h5"]), shard=0,
+                        queries={"kfac_mc_expand": ["loss"]}, influence={**CONFIG["influence"], "sample_shards": 1},
+                        diffusion=CONFIG["diffusion"], hflip=False, device="cpu")
     want = read_scores(tmp_path / "p/scores/kfac_mc_expand/loss.h5")["scores"][1]  # λ = 1e-2, the default
     for i, q in enumerate(queries):
         np.testing.assert_allclose(got[q.name], want[i], rtol=1e-6, atol=1e-6 * np.abs(want).max())

@@ -32,7 +32,7 @@ def test_unknown_preset_and_missing_model(tmp_path):
         build_unet("big")
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         load_model(tmp_path)
-    assert set(PRESETS) == {"ddpm_cifar", "unet_small", "unet_tiny"}
+    assert set(PRESETS) == {"ddpm_cifar", "unet_cifar_small", "unet_small", "unet_tiny"}
 
 
 def test_weights_get_the_mode_of_every_other_artefact(tmp_path):

@@ -63,8 +63,6 @@ def _stub_path(tmp_path: Path) -> Path:
 
 
 def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Path, tmp_path: Path, monkeypatch):
-    (workflow_dir / "profiles").mkdir()
-    (workflow_dir / "profiles/slurm").symlink_to(Path(__file__).resolve().parents[2] / "profiles/slurm")
     log = tmp_path / "sbatch.log"
     monkeypatch.setenv("PATH", f"{_stub_path(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("STUB_LOG", str(log))

@@ -59,9 +59,10 @@ def test_measurements_for_every_model(smoke_study):
     assert len(set(art["seed"][1:])) == M * K
 
 
-def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
+def test_kfac_scores_for_every_variant_and_its_measurements(smoke_study):
+    """The first variant scores every query, the others influence.variant_measurements (config.kfac_queries)."""
+    from diffattr.config import kfac_queries
     from diffattr.curvature import load_curvature
-    from diffattr.queries import query_names
     from diffattr.scores import read_scores
 
     icfg = SMOKE["influence"]
@@ -70,7 +71,7 @@ def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
     for name in names:
         curv = load_curvature(smoke_study / f"curvature/{name}.h5")
         assert curv.args["mc_samples"] == icfg["curvature_mc_samples"] and curv.variant.name == name
-        for measurement in query_names(icfg["measurements"], SMOKE["measure"]["timesteps"]):
+        for measurement in kfac_queries(SMOKE)[name]:
             art = read_scores(smoke_study / f"scores/{name}/{measurement}.h5")
             assert art["scores"].shape == (len(icfg["dampings"]), SMOKE["sample"]["n_samples"], n_train)
             assert art["scores"].dtype == np.float32 and np.isfinite(art["scores"]).all()
@@ -80,18 +81,18 @@ def test_kfac_scores_for_every_variant_and_measurement(smoke_study):
 
 def test_kfac_scores_in_several_bank_passes_equal_the_pipeline_scores(smoke_study, tmp_path, caplog):
     """A query bank larger than influence.bank_memory_mb is scored in passes; the scores do not change."""
-    from diffattr.queries import query_names
+    from diffattr.config import kfac_queries
     from diffattr.scores import read_scores
     from diffattr.stages.influence import compute_kfac_scores
     from tests.conftest import paths
 
     names = configured_variants(SMOKE)
-    queries = query_names(SMOKE["influence"]["measurements"], SMOKE["measure"]["timesteps"])
-    influence = {**SMOKE["influence"], "bank_memory_mb": 1}  # about one sample per pass
+    queries = kfac_queries(SMOKE)
+    influence = {**SMOKE["influence"], "bank_memory_mb": 1, "sample_shards": 1}  # about one sample per pass
     compute_kfac_scores(
         paths(model=[smoke_study / "models/full/config.json"], train=smoke_study / "data/train.h5",
               samples=smoke_study / "samples/samples.h5", curvatures=[smoke_study / f"curvature/{n}.h5" for n in names]),
-        paths(scores=[tmp_path / n / f"{q}.h5" for n in names for q in queries]),
+        paths(scores=[tmp_path / n / f"{q}.h5" for n in names for q in queries[n]]), shard=0,
         queries=queries, influence=influence, diffusion=SMOKE["diffusion"], hflip=SMOKE["train"]["hflip"], device="cpu")
     assert "passes over the training set" in caplog.text
     for name in names:
