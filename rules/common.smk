@@ -43,11 +43,8 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-SUBSET_MODELS = [
-    f"subset{m}_seed{k}"
-    for m in range(config["subsets"]["n_subsets"])
-    for k in range(config["subsets"]["seeds_per_subset"])
-]
+SEEDS = config["subsets"]["seeds_per_subset"]
+SUBSET_MODELS = [f"subset{m}_seed{k}" for m in range(config["subsets"]["n_subsets"]) for k in range(SEEDS)]
 ALL_MODELS = ["full", *SUBSET_MODELS]
 DOWNWEIGHT = config["ablations"]["downweight"]
 DOWNWEIGHT_MODELS = [
@@ -71,8 +68,18 @@ MODEL_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "loss.csv",
 
 
 def model_files(model):
-    """The files train_model writes for a model id."""
+    """The files train_model (train_subset for subset<m>_seed<k>) writes for a model id."""
     return [res(f"models/{model}/{name}") for name in MODEL_FILES]
+
+
+def subset_model_ids(subset):
+    """The model ids of one retraining subset's seeds."""
+    return [f"subset{subset}_seed{k}" for k in range(SEEDS)]
+
+
+def subset_model_files(name):
+    """Output pattern of train_subset: file ``name`` of every seed's model of subset {subset}."""
+    return expand(res("models/subset{{subset}}_seed{k}/{name}"), k=range(SEEDS), name=name)
 
 
 def all_targets():

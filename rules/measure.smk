@@ -1,7 +1,10 @@
 # Measurement oracles: every generated sample measured under every model, then gathered.
 
 
+# the full model and the runs of the other fleets, one per job
 rule measure_model:
+    wildcard_constraints:
+        model=r"full|downweight\d+_seed\d+|cf\d+",
     input:
         model=model_files("{model}"),
         samples=res("samples/samples.h5"),
@@ -25,6 +28,33 @@ rule measure_model:
         ENV
     script:
         "../scripts/measure_model.py"
+
+
+# the seeds of one retraining subset in one job
+rule measure_subset:
+    input:
+        models=lambda w: [f for m in subset_model_ids(w.subset) for f in model_files(m)],
+        samples=res("samples/samples.h5"),
+    output:
+        measurements=expand(res("measurements/models/subset{{subset}}_seed{k}.h5"), k=range(SEEDS)),
+    params:
+        model_ids=lambda w: subset_model_ids(w.subset),
+        measure=lambda w: model_measure(f"subset{w.subset}_seed0"),
+        diffusion=config["diffusion"],
+        device=config["device"],
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=SEEDS * config["resources"]["gpu_runtime"],
+    log:
+        logfile("measure_subset/{subset}"),
+    benchmark:
+        benchmark("measure_subset/{subset}")
+    conda:
+        ENV
+    script:
+        "../scripts/measure_subset.py"
 
 
 # measurements.h5: the full model and the retraining fleet; downweight.h5: the down-weighted fleet (Figs. 13/14).

@@ -1,7 +1,10 @@
 # Training stage: the model on the full set and the retraining fleet (every subset x seed), then samples.
 
 
+# full, cf<r> and downweight<m>_seed<k>: one model per job
 rule train_model:
+    wildcard_constraints:
+        model=r"full|downweight\d+_seed\d+|cf\d+",
     input:
         unpack(train_inputs),
     output:
@@ -30,6 +33,38 @@ rule train_model:
         ENV
     script:
         "../scripts/train_model.py"
+
+
+# The retraining fleet: the seeds of one subset in one job (one process start-up and data read for all of them)
+rule train_subset:
+    input:
+        train=res("data/train.h5"),
+        subsets=res("data/subsets.h5"),
+    output:
+        config=subset_model_files("config.json"),
+        weights=subset_model_files("diffusion_pytorch_model.safetensors"),
+        loss=subset_model_files("loss.csv"),
+        info=subset_model_files("train_info.json"),
+    params:
+        model_ids=lambda w: subset_model_ids(w.subset),
+        checkpoints=lambda w: [res(f"checkpoints/{m}.pt") for m in subset_model_ids(w.subset)],
+        model=config["model"],
+        train=config["train"],
+        diffusion=config["diffusion"],
+        device=config["device"],
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=SEEDS * config["resources"]["train_runtime"],
+    log:
+        logfile("train_subset/{subset}"),
+    benchmark:
+        benchmark("train_subset/{subset}")
+    conda:
+        ENV
+    script:
+        "../scripts/train_subset.py"
 
 
 rule sample_images:

@@ -28,20 +28,26 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     est = estimate(REPO / "experiments/cifar2.yaml", REF, REPO / "Snakefile")
     rules = est["rules"]
     assert est["n_train"] == 5000
-    # the full model, 100 subsets x 5 seeds, 32 counterfactual runs and 100 down-weighted models (Figs. 13/14)
-    assert rules["train_model"]["jobs"] == 633 and rules["measure_model"]["jobs"] == 633
+    # the full model, 32 counterfactual runs and 100 down-weighted models (Figs. 13/14) one per job; the 100
+    # subsets' 5 seeds one job per subset
+    assert rules["train_model"]["jobs"] == 133 and rules["measure_model"]["jobs"] == 133
+    assert rules["train_subset"]["jobs"] == 100 and rules["measure_subset"]["jobs"] == 100
     assert rules["fit_curvature"]["jobs"] == 4 and "all" not in rules
     assert not rules["compute_lds"]["gpu"] and rules["compute_scores:clip"]["gpu"]
     # training: full, 32 counterfactual and 100 down-weighted runs at 32k steps, 500 subset runs at 16k, in
     # bf16 + compile, whose step time is an assumed one (0.025 s here), and said so
-    assert rules["train_model"]["gpu_hours"] == pytest.approx((133 * 32000 + 500 * 16000) * 0.025 / 3600)
+    assert rules["train_model"]["gpu_hours"] == pytest.approx(133 * 32000 * 0.025 / 3600)
+    assert rules["train_subset"]["max_job_hours"] == pytest.approx(5 * 16000 * 0.025 / 3600)
+    assert rules["train_subset"]["gpu_hours"] == pytest.approx(500 * 16000 * 0.025 / 3600)
     assert est["assumed_unit_costs"] == ["train_step_s[bf16+compile] = 0.025"]
     assert "not measured on a GPU yet: train_step_s[bf16+compile]" in format_estimate(est)
     # measurement, 200 samples each: the full model and the fleet (501) everything (5000 loss/ELBO draws,
     # 7 timesteps x 1000, 1000 trajectory steps), the counterfactual runs (32) the loss, the down-weighted (100)
     # the timestep losses
-    fleet, cf, down = 501 * (5000 + 7000 + 1000), 32 * 5000, 100 * 7000
-    assert rules["measure_model"]["gpu_hours"] == pytest.approx(200 * (fleet + cf + down) * 1e-4 / 3600)
+    full, cf, down = 5000 + 7000 + 1000, 32 * 5000, 100 * 7000
+    assert rules["measure_model"]["gpu_hours"] == pytest.approx(200 * (full + cf + down) * 1e-4 / 3600)
+    assert rules["measure_subset"]["gpu_hours"] == pytest.approx(200 * 500 * full * 1e-4 / 3600)
+    assert rules["measure_subset"]["max_job_hours"] == pytest.approx(200 * 5 * full * 1e-4 / 3600)
     assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(601 * 200 * 7000 * 1e-4 / 3600)
     assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
     # K-FAC scores in 20 ranges of 10 samples: each int8 bank holds the first variant's 10 queries (loss, elbo,

@@ -123,6 +123,13 @@ def timestep_oracle_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any], mode
     return cfg["sample"]["n_samples"] * len(mcfg["timesteps"]) * draws * ref["forward_s_per_image"]
 
 
+def _measured_models(rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any]) -> tuple[str, int]:
+    """A model id standing for the models a measurement job measures, and their number."""
+    if rule == "measure_subset":
+        return f"subset{wildcards['subset']}_seed0", int(cfg["subsets"]["seeds_per_subset"])
+    return wildcards.get("model", "full"), 1
+
+
 def job_seconds(
     rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any], ref: Mapping[str, Any], bank_passes: int = 1
 ) -> float | None:
@@ -135,16 +142,16 @@ def job_seconds(
     fwd, grad = ref["forward_s_per_image"], ref["gradient_s_per_example_draw"]
     n_queries = len(query_names(icfg["measurements"], mcfg["timesteps"]))
     query_draws = S * n_queries * gradient_mc_counts(icfg)[0]
-    if rule == "train_model":
-        steps = tr["subset_steps"] if wildcards.get("model", "").startswith("subset") else tr["steps"]  # downweight: all
+    if rule in ("train_model", "train_subset"):  # train_subset: every seed of a subset; downweight runs: all steps
+        steps = tr["subset_steps"] * cfg["subsets"]["seeds_per_subset"] if rule == "train_subset" else tr["steps"]
         return steps * train_step_seconds(tr, ref) * tr["batch_size"] / ref["train_batch"]
     if rule == "sample_images":
         return S * T * fwd
-    if rule == "measure_model":
-        model = wildcards.get("model", "full")
+    if rule in ("measure_model", "measure_subset"):
+        model, n_models = _measured_models(rule, wildcards, cfg)
         names = set(model_measurements(cfg, model))
         per_sample = mcfg["mc_samples"] * bool(names & {"loss", "elbo"}) + T * ("trajectory" in names)
-        return S * per_sample * fwd + timestep_oracle_seconds(cfg, ref, model)
+        return n_models * (S * per_sample * fwd + timestep_oracle_seconds(cfg, ref, model))
     if rule == "fit_curvature":
         name = wildcards["curvature"]
         approx = "expand" if name.endswith("expand") else "reduce"
@@ -198,8 +205,9 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
     for rule, wildcards in dry_run_jobs(configfile, snakefile):
         if rule == "all":
             continue
-        if rule == "measure_model":
-            timestep_hours += timestep_oracle_seconds(cfg, ref, wildcards.get("model", "full")) / 3600
+        if rule in ("measure_model", "measure_subset"):
+            model, n_models = _measured_models(rule, wildcards, cfg)
+            timestep_hours += n_models * timestep_oracle_seconds(cfg, ref, model) / 3600
         s = job_seconds(rule, wildcards, cfg, ref, passes)
         row = rows[f"{rule}:{wildcards['method']}" if "method" in wildcards else rule]  # one line per method
         row["jobs"] += 1
@@ -208,8 +216,10 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
             row["gpu_hours"] += s / 3600
             row["max_job_hours"] = max(row["max_job_hours"], s / 3600)
             # the wall-time limit the rule asks the cluster for (rules/*.smk: config key resources)
-            key = {"train_model": "train_runtime", "compute_kfac_scores": "kfac_scores_runtime"}.get(rule, "gpu_runtime")
-            row["runtime_limit_hours"] = cfg["resources"][key] / 60
+            key = {"train_model": "train_runtime", "train_subset": "train_runtime",
+                   "compute_kfac_scores": "kfac_scores_runtime"}.get(rule, "gpu_runtime")
+            per_seed = rule in ("train_subset", "measure_subset")  # rules/*.smk ask for this much per seed
+            row["runtime_limit_hours"] = cfg["resources"][key] / 60 * (cfg["subsets"]["seeds_per_subset"] if per_seed else 1)
             row["runtime_key"] = f"resources.{key}"
     key = train_step_key(cfg["train"])
     assumed = [] if key in ref["train_step_s"] else [f"train_step_s[{key}] = {train_step_seconds(cfg['train'], ref)}"]
@@ -242,7 +252,7 @@ def format_estimate(est: Mapping[str, Any]) -> str:
                          f"{r['runtime_key']} of {r['runtime_limit_hours']:.1f} h")
     ts = est["timestep_oracles"]
     if ts["timesteps"]:
-        lines.append(f"note: measure_model includes {ts['gpu_hours']:.1f} GPU-h of timestep-loss oracles "
+        lines.append(f"note: measure_model/measure_subset include {ts['gpu_hours']:.1f} GPU-h of timestep-loss oracles "
                      f"({ts['timesteps']} timesteps x {ts['draws_per_timestep']} draws each, "
                      "measure.timestep_mc_samples)")
     bank = est["kfac_bank"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.conftest import run_snakemake
 
-GPU_RULES = {"train_model", "sample_images", "measure_model", "fit_curvature", "compute_kfac_scores",
+GPU_RULES = {"train_model", "train_subset", "sample_images", "measure_model", "measure_subset", "fit_curvature", "compute_kfac_scores",
              "compute_scores", "compute_kfac_grad_scores", "compression_ablation", "compute_features"}
 STUBS = {
     # the plugin calls sbatch concurrently: the job-id counter is incremented under a lock (an unlocked
@@ -36,7 +36,7 @@ STUBS = {
 
 # The first wave of --immediate-submit (GPU and CPU rules both). Later waves (sample_images, fit_curvature, ...)
 # come only as Snakemake's scheduler loop turns over, which with status checks put off may take an hour.
-ALWAYS_SUBMITTED = {"train_model", "prepare_dataset", "make_subsets"}
+ALWAYS_SUBMITTED = {"train_model", "train_subset", "prepare_dataset", "make_subsets"}
 
 
 def _submissions(log: Path) -> dict[str, list[str]]:
@@ -71,8 +71,9 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
     args = ["--profile", "profiles/slurm", "--configfile", "experiments/cifar2.yaml"]
 
     dry = run_snakemake(workflow_dir, "-n", *args)
-    # full + 500 fleet + 32 counterfactual + 100 down-weighted (Figs. 13/14)
-    assert re.search(r"train_model\s+633\n", dry.stdout), dry.stdout[-2000:]
+    # full + 32 counterfactual + 100 down-weighted (Figs. 13/14); the fleet's 500 models in 100 jobs (5 seeds each)
+    assert re.search(r"train_model\s+133\n", dry.stdout), dry.stdout[-2000:]
+    assert re.search(r"train_subset\s+100\n", dry.stdout), dry.stdout[-2000:]
     assert not log.exists()  # a dry run submits nothing
     # every job of the DAG, as the profile resolves its resources: gpu=1 exactly for the GPU rules
     gpu_by_rule = defaultdict(set)
@@ -96,7 +97,7 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
         deadline = time.monotonic() + 1800  # a safety net against a hang, not a timing assumption
         while proc.poll() is None and time.monotonic() < deadline:
             calls = _submissions(log)
-            if ALWAYS_SUBMITTED <= set(calls) and len(calls["train_model"]) >= 501:
+            if ALWAYS_SUBMITTED <= set(calls) and len(calls["train_subset"]) >= 100:
                 break
             time.sleep(1)
     finally:
@@ -106,8 +107,8 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
     # which further jobs get submitted before Snakemake is stopped varies; the first wave always is (GPU and CPU
     # rules both), and every submission seen is checked below
     assert ALWAYS_SUBMITTED <= set(calls), sorted(calls)
-    # at least the full model and 100 subsets x 5 seeds (the counterfactual runs wait for select_counterfactuals)
-    assert len(calls["train_model"]) >= 501
+    # at least the full model and the 100 subsets (the counterfactual runs wait for select_counterfactuals)
+    assert len(calls["train_model"]) >= 1 and len(calls["train_subset"]) >= 100
     for rule, submitted in calls.items():
         for options in submitted:
             assert ("--gpus=1" in options) == (rule in GPU_RULES), (rule, options)
@@ -116,3 +117,4 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
             assert re.search(r"--mem \d+", options) and re.search(r"-t \d+", options)
     train = calls["train_model"][0]
     assert "--mem 32000" in train and "-t 120" in train  # cifar2's resources.train_*
+    assert "-t 600" in calls["train_subset"][0]  # five seeds: 5 x resources.train_runtime

@@ -1,8 +1,10 @@
-"""Stages of ``rules/measure.smk``: every generated sample measured under one model, then all models gathered."""
+"""Stages of ``rules/measure.smk``: every generated sample measured under one model (or the seeds of one retraining
+subset), then all models gathered."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,27 +32,48 @@ def measure_model(
     each with ``{name}_se`` (Monte-Carlo standard error; 0 for the exact trajectory log-probability).
     Attributes: ``model_id``, ``subset`` (-1 for the full model), ``seed_index``, ``seed``, ``timesteps``.
     """
+    _measure_models(input.samples, [(model_id, input.model, output.measurements)], measure, diffusion, device)
+
+
+def measure_subset(
+    input: Paths, output: Paths, *, model_ids: Sequence[str], measure: Mapping[str, Any],
+    diffusion: Mapping[str, Any], device: str,
+) -> None:
+    """The seeds of one retraining subset, one after the other in this process: ``measurements`` (a list in seed
+    order) as :func:`measure_model` writes them; ``models`` holds the files of every seed's model."""
+    dirs = list(dict.fromkeys(Path(f).parent for f in input.models))  # one folder per model, in seed order
+    models = [[f for f in input.models if Path(f).parent == d] for d in dirs]
+    _measure_models(input.samples, list(zip(model_ids, models, output.measurements, strict=True)), measure,
+                    diffusion, device)
+
+
+def _measure_models(samples_file: str, jobs: Sequence[tuple[str, Any, str]], measure: Mapping[str, Any],
+                    diffusion: Mapping[str, Any], device: str) -> None:
+    """Measure the samples under each model of ``jobs``: (model id, the model's files, output file)."""
     device = select_device(device)
-    source = model_dir(input.model)
-    art = read_samples(input.samples)
+    art = read_samples(samples_file)
     samples = torch.from_numpy(art["samples"])
     traj = torch.from_numpy(art["trajectories"]) if "trajectories" in art.data else None
-    model = load_model(source, device)
-    values = measure_samples(model, Schedule.from_config(diffusion), samples, measure, traj, device,
-                             model_id=model_id)
-    info = read_json(source / "train_info.json")
-    subset = -1 if info["subset"] is None else int(info["subset"])  # -1: full data or a counterfactual run
-    seed_index = -1 if info["seed_index"] is None else int(info["seed_index"])
-    for name in measure["measurements"]:
-        rel = np.abs(values[f"{name}_se"] / values[name])
-        log.info("%s: mean %.5g, median relative s.e. %.3g", name, float(np.mean(values[name])), float(np.median(rel)))
-    write_h5(
-        output.measurements,
-        values,
-        config={"measure": dict(measure), "diffusion": dict(diffusion)},
-        attrs={"model_id": model_id, "subset": subset, "seed_index": seed_index, "seed": int(info["seed"]),
-               "timesteps": list(measure["timesteps"]), "common_random_numbers": bool(measure["common_random_numbers"])},
-    )
+    schedule = Schedule.from_config(diffusion)
+    for model_id, model_files, out_file in jobs:
+        source = model_dir(model_files)
+        model = load_model(source, device)
+        values = measure_samples(model, schedule, samples, measure, traj, device, model_id=model_id)
+        info = read_json(source / "train_info.json")
+        subset = -1 if info["subset"] is None else int(info["subset"])  # -1: full data or a counterfactual run
+        seed_index = -1 if info["seed_index"] is None else int(info["seed_index"])
+        for name in measure["measurements"]:
+            rel = np.abs(values[f"{name}_se"] / values[name])
+            log.info("%s %s: mean %.5g, median relative s.e. %.3g", model_id, name, float(np.mean(values[name])),
+                     float(np.median(rel)))
+        write_h5(
+            out_file,
+            values,
+            config={"measure": dict(measure), "diffusion": dict(diffusion)},
+            attrs={"model_id": model_id, "subset": subset, "seed_index": seed_index, "seed": int(info["seed"]),
+                   "timesteps": list(measure["timesteps"]),
+                   "common_random_numbers": bool(measure["common_random_numbers"])},
+        )
 
 
 def gather_measurements(input: Paths, output: Paths, *, timesteps: Sequence[int]) -> None:

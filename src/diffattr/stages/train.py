@@ -1,11 +1,12 @@
-"""Stages of ``rules/train.smk``: one model of the fleet, and the samples of the full model."""
+"""Stages of ``rules/train.smk``: one model (the full one, a counterfactual or down-weighted run), the seeds of one
+retraining subset, and the samples of the full model."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,55 +39,89 @@ def train_model(
     downweight_factor: float,
     device: str,
 ) -> None:
-    """Train model ``model_id`` (``full``, ``subset{m}_seed{k}``, ``downweight{m}_seed{k}``, ``cf{r}``) and save its
-    EMA weights. A down-weighted model sees every image, those outside subset m with loss weight
-    ``downweight_factor`` (``ablations.downweight.factor``).
+    """Train model ``model_id`` (``full``, ``downweight{m}_seed{k}``, ``cf{r}``) and save its EMA weights. A
+    down-weighted model sees every image, those outside subset m with loss weight ``downweight_factor``
+    (``ablations.downweight.factor``).
 
     Inputs: ``train`` (train.h5), ``subsets`` (subsets.h5), ``removals`` (counterfactual runs only).
     Outputs: ``config`` + ``weights`` (diffusers ``save_pretrained``), ``loss`` (loss.csv: step, loss, lr) and
     ``info`` (train_info.json: the arguments that made it). The checkpoint is deleted once the model is saved.
     """
+    _train_models(input, [(model_id, output.config, output.weights, output.loss, output.info, checkpoint)],
+                  model, train, diffusion, downweight_factor, device)
+
+
+def train_subset(
+    input: Paths,
+    output: Paths,
+    *,
+    model_ids: Sequence[str],
+    checkpoints: Sequence[str],
+    model: Mapping[str, Any],
+    train: Mapping[str, Any],
+    diffusion: Mapping[str, Any],
+    device: str,
+) -> None:
+    """Train the seeds of one subset, ``subset{m}_seed{k}`` for every k, one after the other in this process (one
+    start-up and one read of the data for K models). Outputs as :func:`train_model`, each a list in seed order.
+
+    The checkpoints are deleted only once every model of the job is saved: a job killed after its first models
+    (whose outputs Snakemake then discards) redoes them from their final checkpoints, without training again.
+    """
+    jobs = list(zip(model_ids, output.config, output.weights, output.loss, output.info, checkpoints, strict=True))
+    _train_models(input, jobs, model, train, diffusion, 1.0, device)
+
+
+def _train_models(
+    input: Paths, jobs: Sequence[tuple[str, str, str, str, str, str]], model_cfg: Mapping[str, Any],
+    train_cfg: Mapping[str, Any], diffusion: Mapping[str, Any], downweight_factor: float, device: str,
+) -> None:
+    """Train and save models one after the other; ``jobs``: (model id, config, weights, loss, info, checkpoint)."""
     device = select_device(device)
-    model_cfg, train_cfg = model, train
-    images = read_train(input.train)["images"]
-    subsets = read_subsets(input.subsets) if model_id.startswith(("subset", "downweight")) else None
-    spec = training.model_spec(model_id, train_cfg, None if subsets is None else subsets["seeds"])
-    weights = None
-    if spec.downweighted:
-        weights = torch.where(torch.from_numpy(subsets["masks"][spec.subset]), 1.0, float(downweight_factor))
-    elif spec.subset is not None:
-        images = images[subsets["masks"][spec.subset]]
-    if spec.removal is not None:
-        removals = getattr(input, "removals", None)
-        if removals is None:
-            raise ValueError(f"model {model_id} needs the counterfactual removals file")
-        images = images[read_h5(removals, expect={"masks": (None, images.shape[0])})["masks"][spec.removal]]
-    n, c, h, w = images.shape
-    log.info("training %s on %d images %s: seed %d, %d steps, device %s%s", model_id, n, (c, h, w), spec.seed,
-             spec.steps, device, "" if weights is None else f", {int((weights < 1).sum())} down-weighted x{downweight_factor}")
-    net = build_unet(model_cfg["preset"], in_channels=c, sample_size=h)
-    net, history = training.train(net, to_model_space(images), Schedule.from_config(diffusion), train_cfg, spec.seed,
-                         spec.steps, checkpoint, device, weights=weights)
-    out_dir = model_dir([output.config, output.weights, output.loss, output.info])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(net, out_dir)
-    with atomic_path(output.loss) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "loss", "lr"])
-        writer.writerows(history)
-    info = {
-        **asdict(spec),
-        "n_train": n,
-        "loss_weight_factor": None if weights is None else float(downweight_factor),
-        "preset": model_cfg["preset"],
-        "train": dict(train_cfg),
-        "diffusion": dict(diffusion),
-        "final_loss_mean_last_10pct": float(np.mean([r[1] for r in history[-max(1, len(history) // 10):]])),
-    }
-    with atomic_path(output.info) as tmp:
-        tmp.write_text(json.dumps(info, indent=2))
-    Path(checkpoint).unlink(missing_ok=True)
-    log.info("saved %s (final loss %.4f)", out_dir, info["final_loss_mean_last_10pct"])
+    all_images = read_train(input.train)["images"]
+    needs_subsets = any(job[0].startswith(("subset", "downweight")) for job in jobs)
+    subsets = read_subsets(input.subsets) if needs_subsets else None
+    for model_id, config_file, weights_file, loss_file, info_file, checkpoint in jobs:
+        images = all_images
+        spec = training.model_spec(model_id, train_cfg, None if subsets is None else subsets["seeds"])
+        weights = None
+        if spec.downweighted:
+            weights = torch.where(torch.from_numpy(subsets["masks"][spec.subset]), 1.0, float(downweight_factor))
+        elif spec.subset is not None:
+            images = images[subsets["masks"][spec.subset]]
+        if spec.removal is not None:
+            removals = getattr(input, "removals", None)
+            if removals is None:
+                raise ValueError(f"model {model_id} needs the counterfactual removals file")
+            images = images[read_h5(removals, expect={"masks": (None, images.shape[0])})["masks"][spec.removal]]
+        n, c, h, w = images.shape
+        log.info("training %s on %d images %s: seed %d, %d steps, device %s%s", model_id, n, (c, h, w), spec.seed,
+                 spec.steps, device,
+                 "" if weights is None else f", {int((weights < 1).sum())} down-weighted x{downweight_factor}")
+        net = build_unet(model_cfg["preset"], in_channels=c, sample_size=h)
+        net, history = training.train(net, to_model_space(images), Schedule.from_config(diffusion), train_cfg,
+                                      spec.seed, spec.steps, checkpoint, device, weights=weights)
+        out_dir = model_dir([config_file, weights_file, loss_file, info_file])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_model(net, out_dir)
+        with atomic_path(loss_file) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "loss", "lr"])
+            writer.writerows(history)
+        info = {
+            **asdict(spec),
+            "n_train": n,
+            "loss_weight_factor": None if weights is None else float(downweight_factor),
+            "preset": model_cfg["preset"],
+            "train": dict(train_cfg),
+            "diffusion": dict(diffusion),
+            "final_loss_mean_last_10pct": float(np.mean([r[1] for r in history[-max(1, len(history) // 10):]])),
+        }
+        with atomic_path(info_file) as tmp:
+            tmp.write_text(json.dumps(info, indent=2))
+        log.info("saved %s (final loss %.4f)", out_dir, info["final_loss_mean_last_10pct"])
+    for job in jobs:
+        Path(job[-1]).unlink(missing_ok=True)
 
 
 def sample_images(
