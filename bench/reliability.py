@@ -183,7 +183,7 @@ CORRUPTIONS = [
     ("measurements/models/subset0_seed0.h5", "truncate", "gather_measurements"),
     ("curvature/kfac_mc_expand.h5", "flip", "compute_kfac_scores"),
     ("scores/kfac_mc_expand/loss.h5", "truncate", "compute_lds"),
-    ("models/subset0_seed0/diffusion_pytorch_model.safetensors", "truncate", "measure_model"),
+    ("models/subset0_seed0/diffusion_pytorch_model.safetensors", "truncate", "measure_subset"),
     ("metrics/lds.json", "truncate", "plot_figures"),
 ]
 
