@@ -32,7 +32,7 @@ def benchmark(name):
 # Model ids: "full" (the whole training set), "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed),
 # "downweight{m}_seed{k}" (all data, the examples outside subset m down-weighted) and "cf{r}" (counterfactual run r).
 wildcard_constraints:
-    model=r"full|subset\d+_seed\d+|downweight\d+_seed\d+|cf\d+",
+    model=r"full|downweight\d+_seed\d+|cf\d+",  # {model} jobs: one model each; subsets' seeds go by {subset}
     fleet=r"measurements|downweight",
     mc=r"\d+",
     curvature=r"e?kfac_(mc|empirical)_(expand|reduce)",

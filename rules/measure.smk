@@ -3,8 +3,6 @@
 
 # the full model and the runs of the other fleets, one per job
 rule measure_model:
-    wildcard_constraints:
-        model=r"full|downweight\d+_seed\d+|cf\d+",
     input:
         model=model_files("{model}"),
         samples=res("samples/samples.h5"),

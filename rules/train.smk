@@ -3,8 +3,6 @@
 
 # full, cf<r> and downweight<m>_seed<k>: one model per job
 rule train_model:
-    wildcard_constraints:
-        model=r"full|downweight\d+_seed\d+|cf\d+",
     input:
         unpack(train_inputs),
     output:
