@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from trak.projectors import BasicProjector, ProjectionType
 
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.diffusion import Schedule
@@ -13,7 +14,13 @@ from diffattr.diffusion.draws import example_draws, noisy_inputs
 from diffattr.gradients import training_gradients
 from diffattr.models import build_unet
 from diffattr.scores.bank import QueryBank
-from diffattr.scores.trak import HalfTrakPreconditioner, make_projector, project, trak_scores
+from diffattr.scores.trak import (
+    HalfTrakPreconditioner,
+    HeldBlocksProjector,
+    make_projector,
+    project,
+    trak_scores,
+)
 
 
 def test_kernel_from_one_eigendecomposition_equals_the_direct_damped_solve():
@@ -52,6 +59,20 @@ def test_projector_preserves_inner_products(k):
     assert rel.max().item() < tol, (rel.max().item(), tol)
     again = project(make_projector(P, k, seed=0, device="cpu"), x)
     assert torch.equal(y, again)  # deterministic for a seed
+
+
+def test_held_projector_equals_basic_projector_bit_for_bit():
+    """The kept blocks are traker's own blocks: the same projection, several blocks, two calls in a row."""
+    P, k, block = 3_000, 250, 100  # three blocks, the last one partly used
+    held = HeldBlocksProjector(P, k, 7, ProjectionType.rademacher, "cpu", block_size=block)
+    basic = BasicProjector(P, k, 7, ProjectionType.rademacher, "cpu", block_size=block)
+    assert held.num_blocks == 3
+    g = torch.Generator().manual_seed(0)
+    for n in (5, 9):
+        x = torch.randn(n, P, generator=g)
+        assert torch.equal(held.project(x, model_id=0), basic.project(x, model_id=0))
+    assert len(held.blocks) == 3 and held.blocks[0].shape == (P, block)
+    assert isinstance(make_projector(P, k, seed=0, device="cpu"), HeldBlocksProjector)
 
 
 def test_dtrak_output_gradient_matches_finite_differences():

@@ -56,7 +56,45 @@ def make_projector(grad_dim: int, proj_dim: int, seed: int, device: str | torch.
             log.warning("fast_jl is not installed: using traker's BasicProjector on the GPU")
     # Keep one block of the projection matrix at most ~512 MB; BasicProjector regenerates the blocks per call.
     block = max(1, min(proj_dim, (512 * 2**20) // (4 * grad_dim)))
-    return BasicProjector(grad_dim, proj_dim, seed, ProjectionType.rademacher, device, block_size=block)
+    cls = HeldBlocksProjector if 4 * grad_dim * proj_dim <= HELD_PROJECTION_BYTES else BasicProjector
+    return cls(grad_dim, proj_dim, seed, ProjectionType.rademacher, device, block_size=block)
+
+
+# A projection matrix up to this size is generated once and kept (HeldBlocksProjector); larger ones are regenerated
+# block by block on every call, as traker's BasicProjector does.
+HELD_PROJECTION_BYTES = 2 * 2**30
+
+
+class HeldBlocksProjector(BasicProjector):
+    """traker's :class:`BasicProjector` with its matrix blocks generated once and kept.
+
+    BasicProjector regenerates every block on every call when the matrix has more than one block (on one CPU thread
+    about 2.4 s per 190k x 705 block of the quickstart U-Net, 7 s per call). traker has no option to keep them, so
+    this subclass generates the same blocks from the same generator states once and multiplies block by block
+    exactly as :meth:`BasicProjector.project` does: its projections equal BasicProjector's bit for bit
+    (``tests/scores/test_trak.py``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.blocks: list[torch.Tensor] | None = None
+
+    def project(self, grads: torch.Tensor, model_id: int) -> torch.Tensor:
+        if self.num_blocks == 1 or model_id != self.model_id:
+            self.blocks = None
+            return super().project(grads, model_id)
+        if self.blocks is None:
+            self.blocks = []
+            for state in self.generator_states:
+                self.proj_matrix_available = False  # generate_sketch_matrix allocates a new block
+                self.generate_sketch_matrix(state)
+                self.blocks.append(self.proj_matrix)
+        grads = grads.to(dtype=self.dtype)
+        sketch = torch.zeros(size=(grads.size(0), self.proj_dim), dtype=self.dtype, device=self.device)
+        for ind, block in enumerate(self.blocks):
+            st, ed = ind * self.block_size, min((ind + 1) * self.block_size, self.proj_dim)
+            sketch[:, st:ed] = grads @ block[:, : (ed - st)]
+        return sketch
 
 
 def project(projector, grads: torch.Tensor) -> torch.Tensor:
