@@ -2,8 +2,9 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
-from diffattr.evaluate import actual_by_subset, lds, oracle_lds, predicted_changes
+from diffattr.evaluate import actual_by_subset, lds, oracle_lds, predicted_changes, spearman_per_column
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -33,6 +34,22 @@ def test_lds_of_constructed_predictions_is_the_hand_computed_spearman():
         assert result.per_sample[i] == pytest.approx(spearman_by_hand(np.array(pred), actual[:, :, i].mean(1)))
     assert result.mean == pytest.approx(np.mean(result.per_sample))
     assert result.se == pytest.approx(np.std(result.per_sample, ddof=1) / np.sqrt(S))
+
+
+def test_spearman_per_column_equals_scipy_with_ties_constants_and_nans():
+    rng = np.random.default_rng(1)
+    pred = rng.integers(0, 5, size=(16, 40)).astype(float)  # many ties
+    actual = rng.normal(size=(16, 40))
+    pred[:, 3] = 2.0  # constant column
+    actual[4, 5] = np.nan  # a NaN (TRAK in float16 keeps non-finite scores)
+    pred[:, 6] = np.inf
+    pred[0, 7] = np.inf
+    ours = spearman_per_column(pred, actual)
+    for i in range(40):
+        if i in (3, 5, 6):
+            assert np.isnan(ours[i])
+        else:
+            assert ours[i] == pytest.approx(spearmanr(pred[:, i], actual[:, i]).statistic, abs=1e-12)
 
 
 def test_perfect_and_reversed_predictions():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import sem, spearmanr
+from scipy.stats import rankdata, sem
 
 from diffattr.io import Artefact
 from diffattr.queries import parse_query
@@ -44,11 +44,17 @@ class LDSResult:
 
 
 def spearman_per_column(pred: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each column of ``pred`` and ``actual`` ``[M, S]`` -> ``[S]`` (NaN if constant)."""
+    """Spearman correlation of each column of ``pred`` and ``actual`` ``[M, S]`` -> ``[S]`` (NaN if constant or NaN).
+
+    Pearson's r of the ranks (ties get their average rank), as :func:`scipy.stats.spearmanr` computes it, for all
+    columns at once: ``spearmanr`` has no column-paired form, and one call per column cost the quickstart's
+    ``compute_lds`` 40 s (80,000 calls).
+    """
     out = np.full(pred.shape[1], np.nan)
-    for i in range(pred.shape[1]):
-        if np.ptp(pred[:, i]) > 0 and np.ptp(actual[:, i]) > 0:
-            out[i] = spearmanr(pred[:, i], actual[:, i]).statistic
+    ok = (np.ptp(pred, axis=0) > 0) & (np.ptp(actual, axis=0) > 0)  # False for NaN columns
+    rp, ra = rankdata(pred[:, ok], axis=0), rankdata(actual[:, ok], axis=0)
+    rp, ra = rp - rp.mean(axis=0), ra - ra.mean(axis=0)
+    out[ok] = (rp * ra).sum(axis=0) / np.sqrt((rp**2).sum(axis=0) * (ra**2).sum(axis=0))
     return out
 
 
