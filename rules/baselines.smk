@@ -21,6 +21,7 @@ rule compute_features:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime"],
+    priority: CRITICAL_PATH
     log:
         logfile("compute_features/{gradient_output}_{shard}"),
     benchmark:
@@ -46,6 +47,7 @@ rule compute_scores:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime"],
+    priority: CRITICAL_PATH
     log:
         logfile("compute_scores/{method}"),
     benchmark:

@@ -29,6 +29,12 @@ def benchmark(name):
     return f"{RESULTS}/benchmarks/{name}.tsv"
 
 
+# Priority of the jobs between the full model and the counterfactual evaluation (full model, samples, curvature,
+# scores, counterfactual retraining): the study's longest chain. Without it Snakemake trains the subset fleet first
+# and the chain runs alone at the end (quickstart: the full model started after 7 of its 16 subset jobs).
+CRITICAL_PATH = 10
+
+
 # Model ids: "full" (the whole training set), "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed),
 # "downweight{m}_seed{k}" (all data, the examples outside subset m down-weighted) and "cf{r}" (counterfactual run r).
 wildcard_constraints:

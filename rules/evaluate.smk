@@ -99,6 +99,7 @@ rule select_counterfactuals:
         removals=res("counterfactual/removals.h5"),
     params:
         plan=CF_PLAN,
+    priority: CRITICAL_PATH
     log:
         logfile("select_counterfactuals"),
     conda:

@@ -22,6 +22,7 @@ rule fit_curvature:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime"],
+    priority: CRITICAL_PATH
     log:
         logfile("fit_curvature/{curvature}"),
     benchmark:
@@ -52,6 +53,7 @@ rule compute_kfac_scores:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["kfac_scores_runtime"],
+    priority: CRITICAL_PATH
     log:
         logfile("compute_kfac_scores/{shard}"),
     benchmark:
@@ -67,6 +69,7 @@ rule gather_kfac_scores:
         shards=[f for k in range(SAMPLE_SHARDS) for f in kfac_shard_files(k)],
     output:
         scores=kfac_score_files(),
+    priority: CRITICAL_PATH
     log:
         logfile("gather_kfac_scores"),
     conda:

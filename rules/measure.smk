@@ -18,6 +18,7 @@ rule measure_model:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime"],
+    priority: CRITICAL_PATH
     log:
         logfile("measure_model/{model}"),
     benchmark:

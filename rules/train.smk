@@ -23,6 +23,7 @@ rule train_model:
         gpu=1,
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
+    priority: CRITICAL_PATH
     log:
         logfile("train_model/{model}"),
     benchmark:
@@ -80,6 +81,7 @@ rule sample_images:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime"],
+    priority: CRITICAL_PATH
     log:
         logfile("sample_images"),
     benchmark:
