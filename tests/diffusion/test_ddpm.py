@@ -64,3 +64,32 @@ def test_sampling_deterministic_and_trajectory_endpoints():
     assert traj.shape == (2, 51, 1, 8, 8)
     torch.testing.assert_close(traj[:, 0], xT, rtol=0, atol=0)
     torch.testing.assert_close(traj[:, -1], a, rtol=0, atol=0)
+
+
+def test_clipped_reverse_matches_diffusers_clip_sample_step():
+    """sample.clip_x0: Ho et al.'s clipping, as diffusers' DDPMScheduler(clip_sample=True) steps (float64, exact)."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    s = Schedule.linear()
+    ref = DDPMScheduler.from_config(s.scheduler.config, clip_sample=True, clip_sample_range=1.0)
+    ref.betas, ref.alphas, ref.alphas_cumprod = s.betas, 1 - s.betas, s.alphas_cumprod
+    ref.one = torch.tensor(1.0, dtype=torch.float64)
+    x_t, eps = 3 * torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    for step in [999, 500, 10, 1, 0]:
+        t = torch.full((4,), step)
+        mean, var = s.reverse(eps, x_t, t, clip_x0=True)
+        out = ref.step(eps, step, x_t, generator=torch.Generator().manual_seed(3)).prev_sample
+        noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        torch.testing.assert_close(mean + var.sqrt() * noise if step > 0 else mean, out, rtol=1e-10, atol=1e-10)
+        assert not torch.allclose(mean, s.reverse(eps, x_t, t)[0])  # the clipping is active on these inputs
+
+
+def test_clipped_sampling_stays_in_the_data_range_where_unclipped_drifts():
+    s = Schedule.linear(100)
+    bad = lambda x, t: -0.5 * x  # noqa: E731 (a badly wrong noise prediction)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    free, _, _ = sample(bad, s, (4, 1, 8, 8), gen(), progress=False)
+    clipped, _, _ = sample(bad, s, (4, 1, 8, 8), gen(), progress=False, clip_x0=True)
+    assert free.abs().max() > 10
+    assert clipped.abs().max() <= 1.0  # the last step's mean is the clipped x̂_0 itself

@@ -3,9 +3,10 @@
 Time indices follow diffusers: ``t`` in ``0..T-1``, where index ``t`` is the paper's step ``t + 1``
 (so ``x_t`` at index 0 is one noising step away from the data ``x_0``). Images live in ``[-1, 1]``.
 
-The schedule constants come from diffusers' ``DDPMScheduler`` (linear betas, ``fixed_small`` variance, no
-clipping of the predicted ``x_0``, so that the sampler is exactly the Gaussian reverse process whose likelihood
-the measurements evaluate). :meth:`Schedule.posterior` and :meth:`Schedule.reverse` are the one place that
+The schedule constants come from diffusers' ``DDPMScheduler`` (linear betas, ``fixed_small`` variance). By default
+the sampler does not clip the predicted ``x_0``, so that it is exactly the Gaussian reverse process whose likelihood
+the measurements evaluate; ``sample.clip_x0`` turns on Ho et al.'s clipping for sampling only (the measurements
+always evaluate the unclipped p_θ). :meth:`Schedule.posterior` and :meth:`Schedule.reverse` are the one place that
 defines the per-step Gaussians; sampling, the ELBO and the trajectory log-probability all use them.
 """
 
@@ -96,9 +97,15 @@ class Schedule:
         mean = self._at(self.posterior_coef_x0, t, x_t) * x0 + self._at(self.posterior_coef_xt, t, x_t) * x_t
         return mean, self._at(self.posterior_var, t, x_t)
 
-    def reverse(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """p_θ(x_{t-1} | x_t) = N(mean, var I) with the ``fixed_small`` variance β̃_t, given ε_θ(x_t, t)."""
-        return self.posterior(self.predict_x0(x_t, t, eps), x_t, t)
+    def reverse(
+        self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """p_θ(x_{t-1} | x_t) = N(mean, var I) with the ``fixed_small`` variance β̃_t, given ε_θ(x_t, t).
+
+        ``clip_x0``: clip the predicted x̂_0 to the data range [-1, 1] first (Ho et al.'s sampler, ``clip_denoised``).
+        """
+        x0 = self.predict_x0(x_t, t, eps)
+        return self.posterior(x0.clamp(-1.0, 1.0) if clip_x0 else x0, x_t, t)
 
     def elbo_weights(self) -> torch.Tensor:
         """Weight of ||ε - ε_θ(x_t, t)||² in the ELBO's step term L_{t-1} (paper Fig. 18), ``[T]`` float64.
@@ -145,6 +152,7 @@ def sample(
     device: str | torch.device = "cpu",
     store_trajectory: bool = False,
     progress: bool = True,
+    clip_x0: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """DDPM ancestral sampling with the full T steps and ``fixed_small`` variance.
 
@@ -159,6 +167,9 @@ def sample(
         device: Where the model runs.
         store_trajectory: Also return every state.
         progress: Show a progress bar.
+        clip_x0: Clip the predicted x̂_0 to [-1, 1] at every step, as Ho et al.'s code does (``clip_denoised``)
+            and diffusers' ``DDPMScheduler`` by default. Without it the sampler is exactly p_θ, but the samples of
+            an undertrained model drift far out of the data range (section ``sample`` of the config schema).
 
     Returns:
         ``x_0`` ``[B, C, H, W]``, ``x_T`` ``[B, C, H, W]`` and, if requested, the trajectory ``[B, T + 1, C, H, W]`` with
@@ -170,7 +181,7 @@ def sample(
     traj = [x_T] if store_trajectory else None
     for step in tqdm(range(T - 1, -1, -1), desc="sampling", disable=not progress, mininterval=2):
         t = torch.full((shape[0],), step, device=device, dtype=torch.long)
-        mean, var = schedule.reverse(eps_model(x, t), x, t)
+        mean, var = schedule.reverse(eps_model(x, t), x, t, clip_x0)
         noise = torch.randn(shape, generator=generator).to(device)
         x = mean + var.sqrt() * noise if step > 0 else mean
         if traj is not None:

@@ -142,7 +142,8 @@ def sample_images(
     xs, x_ts, trajs = [], [], []
     for start in range(0, sample["n_samples"], sample["batch_size"]):
         b = min(sample["batch_size"], sample["n_samples"] - start)
-        x0, x_T, traj = ddpm.sample(ddpm.eps_fn(net), schedule, (b, c, size, size), gen, device, sample["store_trajectories"])
+        x0, x_T, traj = ddpm.sample(ddpm.eps_fn(net), schedule, (b, c, size, size), gen, device,
+                                    sample["store_trajectories"], clip_x0=sample["clip_x0"])
         xs.append(x0.cpu())
         x_ts.append(x_T)
         if traj is not None:
