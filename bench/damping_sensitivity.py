@@ -66,7 +66,7 @@ def main() -> None:
     ]:
         bank = QueryBank(compression, groups)
         bank.add(("scores", name), curv.precondition(rows, dampings))
-        scores[name] = bank.split(bank.dot(train))[("scores", name)].numpy()
+        scores[name] = bank.scores(train)[("scores", name)].numpy()
 
     masks = read_h5(res / "data/subsets.h5")["masks"]
     meas = read_h5(res / "measurements/measurements.h5")

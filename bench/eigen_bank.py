@@ -1,13 +1,14 @@
-"""Would a K-FAC query bank kept in the Kronecker eigenbasis win? (issue #17, item 1)
+"""The K-FAC query bank per damping against the bank in the Kronecker eigenbasis (``influence.query_bank``).
 
-Today the bank holds one int8 row per (query, damping): the preconditioned gradient (G + λI)⁻¹q for every λ. The
-alternative keeps one row per query, the rotated gradient q̃ = Qᵀq, rotates every training gradient into the same
-basis, and applies the damping as a diagonal at scoring time: τ_λ = Σ_p q̃_p g̃_p / (e_p + λ). The bank shrinks by
+The per-damping bank holds one int8 row per (query, damping): the preconditioned gradient (G + λI)⁻¹q for every λ.
+The eigenbasis bank keeps one row per query, the rotated gradient q̃ = Qᵀq, rotates every training gradient into the
+same basis, and applies the damping as a diagonal at scoring time: τ_λ = Σ_p q̃_p g̃_p / (e_p + λ). It is smaller by
 the number of dampings; the price is one rotation per training gradient (per variant), and int8 rounding of q̃
 before the per-λ rescale instead of after it.
 
-This script scores a study's queries both ways against the exact float64 scores and prints, per damping, the
-Spearman correlation of each with the exact ones, the bank bytes, and the wall time of each scoring step.
+This script scores a study's queries both ways, through the scorer's own code (``influence_scores``), and prints,
+per damping, the Spearman correlation of each with the exact float64 scores, the bank bytes, and the wall time of
+each scoring step (the training gradients are computed once beforehand and shared).
 
     python bench/eigen_bank.py [--study results/quickstart] [--variant kfac_mc_expand] [--query loss]
 """
@@ -23,9 +24,10 @@ from scipy.stats import spearmanr
 
 from diffattr.config import load_config
 from diffattr.curvature import load_curvature
-from diffattr.gradients.compress import dequantize_int8, quantize_int8
 from diffattr.queries import parse_query
+from diffattr.scores import QueryBank, influence_scores
 from diffattr.scores.base import GradientArgs, GradientInputs
+from diffattr.scores.influence import QUERY_BANKS, KFACPreconditioner
 
 
 def main() -> None:
@@ -40,35 +42,33 @@ def main() -> None:
                                  cfg["diffusion"])
     gargs = GradientArgs.from_sections(cfg["influence"], cfg["train"]["hflip"])
     curv = load_curvature(study / f"curvature/{args.variant}.h5")
-    dampings, sizes = list(cfg["influence"]["dampings"]), curv.sizes
+    dampings, compression = list(cfg["influence"]["dampings"]), cfg["influence"]["query_compression"]
     q = inputs.query_gradients(parse_query(args.query), 0, inputs.samples.shape[0], gargs)
     n = inputs.images.shape[0]
     g = torch.cat([inputs.training_gradients(torch.arange(s, min(s + gargs.batch_size, n)), gargs)
                    for s in range(0, n, gargs.batch_size)])
     exact = torch.stack([r.double() @ g.double().T for r in curv.precondition(q.double(), dampings)])
 
-    t0 = time.perf_counter()  # per-damping bank: precondition, quantise, dot
-    rows = curv.precondition(q, dampings).reshape(-1, q.shape[1])
-    qi, qs = quantize_int8(rows, sizes)
-    per_damping = (dequantize_int8(qi, qs, sizes) @ g.T).reshape(len(dampings), q.shape[0], n)
-    t_damp, bytes_damp = time.perf_counter() - t0, qi.numel() + qs.numel() * 4
+    scores, seconds, nbytes = {}, {}, {}
+    for bank in QUERY_BANKS:
+        t0 = time.perf_counter()
+        scores[bank] = influence_scores(curv, q, g, dampings, compression, bank)
+        seconds[bank] = time.perf_counter() - t0
+        pre = KFACPreconditioner(curv, dampings, compression, bank=bank)
+        rows = QueryBank(compression, pre.group_sizes)
+        rows.add(("m", "q"), pre.precondition(q), pre.diagonal)
+        nbytes[bank] = rows.nbytes()
 
-    t0 = time.perf_counter()  # eigenbasis bank: rotate queries and training gradients, quantise, rescale per λ
-    qt, gt = curv.rotate(q.double()).float(), curv.rotate(g.double()).float()
-    ei, es = quantize_int8(qt, sizes)
-    qd, e = dequantize_int8(ei, es, sizes), curv.eigenvalues().float()
-    eigen = torch.stack([(qd / (e + lam)) @ gt.T for lam in dampings])
-    t_eigen, bytes_eigen = time.perf_counter() - t0, ei.numel() + es.numel() * 4
-
-    print(f"{args.study} {args.variant} {args.query}: {q.shape[0]} queries x {n} training examples, P = {q.shape[1]}")
-    print(f"bank bytes: per damping {bytes_damp:,}  eigenbasis {bytes_eigen:,}  ({bytes_damp / bytes_eigen:.1f}x)")
-    print(f"scoring time: per damping {t_damp:.2f} s  eigenbasis {t_eigen:.2f} s (incl. rotating the training "
-          "gradients)")
-    print(f"{'damping':>9} {'Spearman per-damping int8':>26} {'Spearman eigenbasis int8':>25}")
+    a, b = QUERY_BANKS
+    print(f"{args.study} {args.variant} {args.query}: {q.shape[0]} queries x {n} training examples, P = {q.shape[1]}, "
+          f"{compression}, {torch.get_num_threads()} threads")
+    print(f"bank bytes: {a} {nbytes[a]:,}  {b} {nbytes[b]:,}  ({nbytes[a] / nbytes[b]:.1f}x)")
+    print(f"scoring time incl. preconditioning / rotating: {a} {seconds[a]:.2f} s  {b} {seconds[b]:.2f} s")
+    print(f"{'damping':>9} {'Spearman ' + a:>22} {'Spearman ' + b:>22}")
     for d, lam in enumerate(dampings):
         ref = exact[d].flatten().numpy()
-        print(f"{lam:>9.0e} {spearmanr(ref, per_damping[d].flatten().numpy())[0]:>26.4f} "
-              f"{spearmanr(ref, eigen[d].flatten().numpy())[0]:>25.4f}")
+        print(f"{lam:>9.0e} {spearmanr(ref, scores[a][d].flatten().numpy())[0]:>22.5f} "
+              f"{spearmanr(ref, scores[b][d].flatten().numpy())[0]:>22.5f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ them into per-rule estimates (`make estimate EXP=cifar2`).
 
 Measures, after a warm-up each: one training step at batch 128 per precision (fp32, tf32, bf16, bf16+compile); an inference forward pass per
 image; a per-example training-loss gradient per (example, draw); a K-FAC fit (expand, reduce) per (example,
-draw) and its eigendecomposition per fit; a TRAK projection per gradient at k = 32768 (batches of 32). Prints them as JSON (the shape of `diffattr.cost.REFERENCE`).
+draw) and its eigendecomposition per fit; the rotation of a training gradient into the Kronecker eigenbasis
+(``influence.query_bank: eigenbasis``); a TRAK projection per gradient at k = 32768 (batches of 32). Prints them as JSON (the shape of `diffattr.cost.REFERENCE`).
 
     python bench/unit_costs.py [--preset ddpm_cifar] [--json out.json]
 """
@@ -24,6 +25,7 @@ from diffattr.diffusion import Schedule
 from diffattr.diffusion.ddpm import eps_fn
 from diffattr.gradients import training_gradients
 from diffattr.models import build_unet
+from diffattr.scores.influence import KFACPreconditioner
 from diffattr.scores.trak import make_projector, project
 
 
@@ -92,6 +94,7 @@ def main() -> None:
 
     # K-FAC: the factor pass scales with examples x draws; the float64 eigendecomposition is a fixed cost per fit
     fit_imgs = torch.rand(n_fit, c, size, size, device=device) * 2 - 1
+    curvatures = {}
     for approx in ("expand", "reduce"):
         v = Variant.from_name(f"kfac_mc_{approx}")
         build_operator(wrapper, fit_imgs[:2], s, v, 1, 2, 0, False, device, progress=False)[0].compute_kronecker_factors()
@@ -102,11 +105,13 @@ def main() -> None:
         sync()
         record(f"kfac_fit_{approx}_s_per_example_draw", (time.perf_counter() - t0) / (n_fit * mc))
         t0 = time.perf_counter()
-        curvature_from_operator(op, wrapper, scale, v, {})
+        curvatures[approx] = curvature_from_operator(op, wrapper, scale, v, {})
         sync()
         record(f"kfac_eig_{approx}_s", time.perf_counter() - t0)
 
     grads = training_gradients(wrapper, imgs[:n_proj], torch.arange(n_proj), s, 1, seed=0)
+    rotate = KFACPreconditioner(curvatures["expand"], [1.0]).rotate  # the eigenbasis bank's per-variant rotation
+    record("kfac_rotate_s_per_gradient", timed(lambda: rotate(grads), 1) / n_proj)
     k = 512 if args.small else 32768
     proj = make_projector(grads.shape[1], k, 0, device)
     record("projector", type(proj).__name__)

@@ -21,7 +21,8 @@ REF = {"preset": "ddpm_cifar", "device": "test", "torch": "x", "date": "today", 
        "gradient_s_per_example_draw": 2e-3, "kfac_fit_expand_s_per_example_draw": 3e-3,
        "kfac_fit_reduce_s_per_example_draw": 1e-3, "kfac_eig_expand_s": 3.0, "kfac_eig_reduce_s": 2.0,
        "projection_dim": 32768, "project_batch": 32, "project_s_per_gradient": 1e-2,
-       "assumed": {"source": "a test", "train_step_s": {"bf16+compile": 0.025}}}
+       "assumed": {"source": {"train_step_s": "a test", "kfac_rotate_s_per_gradient": "another test"},
+                   "train_step_s": {"bf16+compile": 0.025}, "kfac_rotate_s_per_gradient": 0.01}}
 
 
 def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
@@ -39,8 +40,10 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert rules["train_model"]["gpu_hours"] == pytest.approx(133 * 32000 * 0.025 / 3600)
     assert rules["train_subset"]["max_job_hours"] == pytest.approx(5 * 16000 * 0.025 / 3600)
     assert rules["train_subset"]["gpu_hours"] == pytest.approx(500 * 16000 * 0.025 / 3600)
-    assert est["assumed_unit_costs"] == ["train_step_s[bf16+compile] = 0.025"]
-    assert "not measured on a GPU yet: train_step_s[bf16+compile]" in format_estimate(est)
+    assert est["assumed_unit_costs"] == ["train_step_s[bf16+compile] = 0.025", "kfac_rotate_s_per_gradient = 0.01"]
+    assert "not measured by bench/unit_costs.py on a GPU yet: train_step_s[bf16+compile] = 0.025 (a test)" in \
+        format_estimate(est)
+    assert "kfac_rotate_s_per_gradient = 0.01 (another test)" in format_estimate(est)
     # measurement, 200 samples each: the full model and the fleet (501) everything (5000 loss/ELBO draws,
     # 7 timesteps x 1000, 1000 trajectory steps), the counterfactual runs (32) the loss, the down-weighted (100)
     # the timestep losses
@@ -50,22 +53,23 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert rules["measure_subset"]["max_job_hours"] == pytest.approx(200 * 5 * full * 1e-4 / 3600)
     assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(601 * 200 * 7000 * 1e-4 / 3600)
     assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
-    # K-FAC scores in 20 ranges of 10 samples: each int8 bank holds the first variant's 10 queries (loss, elbo,
-    # trajectory, 7 timestep losses) and the other three variants' loss and elbo, x 10 dampings x P bytes: 57 GB,
-    # one pass over the training set per job
+    # K-FAC scores in 2 ranges of 100 samples: each int8 eigenbasis bank holds the first variant's 10 queries (loss,
+    # elbo, trajectory, 7 timestep losses) and the other three variants' loss and elbo, one row of P bytes (plus a
+    # float32 scale per 256) each for all 10 dampings: 62 GB, one pass over the training set per job, each
+    # training gradient rotated into the 4 variants' eigenbases
     P = kfac_parameter_count("ddpm_cifar")
-    assert est["kfac_bank"]["gigabytes"] == pytest.approx((10 + 3 * 2) * 10 * 10 * P / 1e9)
+    assert est["kfac_bank"]["gigabytes"] == pytest.approx((10 + 3 * 2) * 100 * (P + 4 * -(-P // 256)) / 1e9)
     assert est["kfac_bank"]["passes"] == 1
-    assert rules["compute_kfac_scores"]["jobs"] == 20
+    assert rules["compute_kfac_scores"]["jobs"] == 2
     assert rules["compute_kfac_scores"]["gpu_hours"] == pytest.approx(
-        (20 * 5000 * 250 + 10 * 200 * 250) * 2e-3 / 3600)
+        (2 * 5000 * 250 + 10 * 200 * 250) * 2e-3 / 3600 + 2 * 5000 * 4 * 0.01 / 3600)
     # TRAK features: 2 ranges of 2500 examples for each of the two gradient outputs, 20 projector calls each
     assert rules["compute_features"]["jobs"] == 4
     assert rules["compute_features"]["max_job_hours"] == pytest.approx((2500 * 250 * 2e-3 + 20 * 0.32) / 3600)
     # Fig. 7: one more pass per extra gradient count (25 and 100), for the loss, ELBO and trajectory queries
     assert rules["compute_kfac_grad_scores"]["jobs"] == 2
     assert rules["compute_kfac_grad_scores"]["gpu_hours"] == pytest.approx(
-        sum(5000 * n + 200 * 3 * n for n in (25, 100)) * 2e-3 / 3600)
+        sum(5000 * n + 200 * 3 * n for n in (25, 100)) * 2e-3 / 3600 + 2 * 5000 * 4 * 0.01 / 3600)
     assert rules["compression_ablation"]["gpu"] and rules["compute_scores:trak_fp16"]["gpu"]
     table = format_estimate(est)
     assert "train_model" in table and "reference: test" in table and "passes over" not in table
@@ -75,15 +79,20 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
 def test_the_bank_note_says_how_many_sample_shards_make_one_pass():
     cfg = load_config(REPO / "experiments/cifar2.yaml")
     cfg["influence"]["sample_shards"] = 1
-    assert kfac_bank(cfg, kfac_parameter_count("ddpm_cifar"))[1] == 19  # the 20 shards' banks, in one job
+    P = kfac_parameter_count("ddpm_cifar")
+    assert kfac_bank(cfg, P)[1] == 2  # the 2 shards' banks, in one job
+    cfg["influence"]["query_bank"] = "per_damping"  # one row per damping: ten times the bytes
+    assert kfac_bank(cfg, P)[1] == 19
+    assert kfac_bank(cfg, P)[0] == pytest.approx(10 * (10 + 3 * 2) * 200 * P)
 
 
 def test_kfac_bank_fits_in_one_pass_with_enough_memory():
     cfg = load_config(REPO / "experiments/cifar2.yaml")
     cfg["influence"]["bank_memory_mb"] = 10**6
     assert kfac_bank(cfg, 1000)[1] == 1
-    cfg["influence"]["query_compression"] = "none"  # float32 rows: four times the bytes
-    assert kfac_bank(cfg, 1000)[0] == 4 * kfac_bank({**cfg, "influence": {**cfg["influence"], "query_compression": "int8"}}, 1000)[0]
+    int8 = kfac_bank(cfg, 1000)[0]
+    cfg["influence"]["query_compression"] = "none"  # float32 rows: four bytes per entry, no scales
+    assert kfac_bank(cfg, 1000)[0] / int8 == pytest.approx(4 * 1000 / (1000 + 4 * 4))
 
 
 def test_ekfac_adds_a_gradient_pass_and_cpu_rules_are_not_priced():

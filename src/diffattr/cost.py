@@ -33,6 +33,7 @@ from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.models import build_unet
 from diffattr.queries import query_names
 from diffattr.scores.bank import bank_row_bytes, plan_passes
+from diffattr.scores.influence import EIGEN_GROUP
 from diffattr.scores.registry import METHODS
 from diffattr.scores.shards import shard_bounds
 from diffattr.scores.trak import TRAK_BLOCK
@@ -63,11 +64,17 @@ def kfac_parameter_count(preset: str) -> int:
 
 def kfac_bank(cfg: Mapping[str, Any], n_params: int) -> tuple[float, int]:
     """Size in bytes of the largest query bank of a ``compute_kfac_scores`` job (one range of the samples,
-    ``influence.sample_shards``) and the passes over the training set it needs (the scorer's own plan)."""
+    ``influence.sample_shards``) and the passes over the training set it needs (the scorer's own plan). An
+    ``influence.query_bank: eigenbasis`` bank holds one row per (variant, query) for all dampings."""
     icfg = cfg["influence"]
     per_variant = kfac_queries(cfg)
     specs = list(dict.fromkeys(q for qs in per_variant.values() for q in qs))
-    row = len(icfg["dampings"]) * bank_row_bytes(n_params, icfg["query_compression"])
+    eigen = icfg["query_bank"] == "eigenbasis"
+    per_query = 1 if eigen else len(icfg["dampings"])  # rows per (variant, query)
+    # int8 scales: one per EIGEN_GROUP entries in the eigenbasis (give or take one per tensor), one per tensor
+    # otherwise (a few hundred bytes, left out)
+    row = per_query * bank_row_bytes(n_params, icfg["query_compression"], n_groups=math.ceil(n_params / EIGEN_GROUP)
+                                     if eigen else 0)
     per_sample = [row * sum(q in qs for qs in per_variant.values()) for q in specs]
     s0, s1 = max(shard_bounds(cfg["sample"]["n_samples"], icfg["sample_shards"]), key=lambda b: b[1] - b[0])
     passes = plan_passes(len(specs), s1 - s0, per_sample, icfg["bank_memory_mb"] * 2**20)
@@ -106,6 +113,24 @@ def train_step_seconds(train: Mapping[str, Any], ref: Mapping[str, Any]) -> floa
             return float(table[key])
     raise ValueError(f"train.precision/train.compile {key!r} has no reference step time (have "
                      f"{sorted(ref['train_step_s'])}); measure it with bench/unit_costs.py")
+
+
+def unit_cost(ref: Mapping[str, Any], key: str) -> tuple[float, bool]:
+    """A scalar unit cost and whether it was measured (``ref[key]``) or is, until measured, assumed
+    (``ref["assumed"][key]``, said so in the estimate)."""
+    if key in ref:
+        return float(ref[key]), True
+    if key in ref.get("assumed", {}):
+        return float(ref["assumed"][key]), False
+    raise ValueError(f"the reference unit costs have no {key!r}; measure it with bench/unit_costs.py")
+
+
+def rotation_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any], n_variants: int) -> float:
+    """GPU seconds of rotating every training gradient into ``n_variants`` Kronecker eigenbases once (one pass of
+    an ``influence.query_bank: eigenbasis`` scorer); 0 for a per-damping bank."""
+    if cfg["influence"]["query_bank"] != "eigenbasis":
+        return 0.0
+    return (n_train(cfg) or 0) * n_variants * unit_cost(ref, "kfac_rotate_s_per_gradient")[0]
 
 
 def projection_call_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
@@ -160,7 +185,8 @@ def job_seconds(
             s += N * icfg["curvature_mc_samples"] * grad
         return s
     if rule == "compute_kfac_scores":  # one range of the samples: its passes over the data and its queries
-        return (bank_passes * N * gradient_mc_counts(icfg)[0] + query_draws / icfg["sample_shards"]) * grad
+        return (bank_passes * N * gradient_mc_counts(icfg)[0] + query_draws / icfg["sample_shards"]) * grad + \
+            bank_passes * rotation_seconds(cfg, ref, len(kfac_queries(cfg)))
     if rule == "compute_features":  # one range of the training examples, projected in blocks of TRAK_BLOCK
         n = N / cfg["trak"]["feature_shards"]
         return n * gradient_mc_counts(icfg)[0] * grad + math.ceil(n / max(icfg["batch_size"], TRAK_BLOCK)) * \
@@ -168,12 +194,12 @@ def job_seconds(
     if rule == "compute_kfac_grad_scores":  # the same pass with another gradient count, loss-like queries only
         mc = int(wildcards["mc"])
         n_loss_like = len([q for q in query_names(icfg["measurements"], mcfg["timesteps"]) if "timestep" not in q])
-        return (N * mc + S * n_loss_like * mc) * grad
+        return (N * mc + S * n_loss_like * mc) * grad + rotation_seconds(cfg, ref, len(kfac_queries(cfg)))
     if rule == "compression_ablation":  # the loss queries and one pass of training gradients (the SVDs are small)
         return (N + S) * gradient_mc_counts(icfg)[0] * grad
     if rule == "attribute_queries":  # one pass of training gradients (K-FAC, the study's curvature) + the queries
         n_q = attribute_image_count(cfg)
-        return (N + n_q) * gradient_mc_counts(icfg)[0] * grad if n_q else 0.0
+        return (N + n_q) * gradient_mc_counts(icfg)[0] * grad + rotation_seconds(cfg, ref, 1) if n_q else 0.0
     if rule == "compute_scores":  # any registered method: priced from its registry entry
         method = METHODS[wildcards["method"]]
         if not method.needs_model:  # a similarity of image embeddings (CLIP)
@@ -223,6 +249,8 @@ def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snake
             row["runtime_key"] = f"resources.{key}"
     key = train_step_key(cfg["train"])
     assumed = [] if key in ref["train_step_s"] else [f"train_step_s[{key}] = {train_step_seconds(cfg['train'], ref)}"]
+    if cfg["influence"]["query_bank"] == "eigenbasis" and not unit_cost(ref, "kfac_rotate_s_per_gradient")[1]:
+        assumed.append(f"kfac_rotate_s_per_gradient = {unit_cost(ref, 'kfac_rotate_s_per_gradient')[0]}")
     return {"experiment": cfg["experiment"], "n_train": n_train(cfg), "reference": ref, "rules": dict(rows),
             "assumed_unit_costs": assumed,
             "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values()),
@@ -261,9 +289,12 @@ def format_estimate(est: Mapping[str, Any]) -> str:
                      f"influence.bank_memory_mb = {bank['bank_memory_mb']} MB: each job makes {bank['passes']} passes "
                      f"over the training set; influence.sample_shards = {bank['sample_shards'] * bank['passes']} "
                      "(or more memory) makes it one")
+    for item in est["assumed_unit_costs"]:
+        source = ref["assumed"]["source"][item.split("[")[0].split(" ")[0]]
+        lines.append(f"note: assumed, not measured by bench/unit_costs.py on a GPU yet: {item} ({source})")
     if est["assumed_unit_costs"]:
-        lines.append(f"note: not measured on a GPU yet: {', '.join(est['assumed_unit_costs'])} "
-                     f"({ref['assumed']['source']}); every other unit cost was measured as stated above")
+        lines.append("note: every other unit cost was measured as stated above; rerun bench/unit_costs.py on a GPU "
+                     "to replace the assumed ones")
     gpu_rules = {k: r for k, r in est["rules"].items() if r["gpu"]}
     if gpu_rules:
         name, r = max(gpu_rules.items(), key=lambda kv: kv[1]["max_job_hours"])

@@ -21,8 +21,11 @@ from diffattr.curvature import (
 from diffattr.diffusion import Schedule
 from diffattr.gradients import dequantize_int8, measurement_gradients, quantize_int8, training_gradients
 from diffattr.models import build_unet
+from diffattr.queries import Query
 from diffattr.scores import QueryBank, influence_scores
-from diffattr.scores.bank import plan_passes, stream_scores
+from diffattr.scores.bank import Diagonal, plan_passes, stream_scores
+from diffattr.scores.base import GradientArgs, GradientInputs
+from diffattr.scores.influence import EIGEN_GROUP, KFACPreconditioner, score_kfac
 
 
 def test_influence_predicts_retraining_on_ridge_regression():
@@ -107,7 +110,7 @@ def test_query_bank_blocks_and_quantisation():
     bank.add(("a", "loss"), rows)
     bank.add(("b", "elbo"), 2 * rows[:1])
     train = torch.randn(4, 50)
-    out = bank.split(bank.dot(train))
+    out = bank.scores(train)
     torch.testing.assert_close(out[("a", "loss")], rows @ train.T)
     torch.testing.assert_close(out[("b", "elbo")], 2 * rows[:1] @ train.T)
     sizes = [20, 5, 25]
@@ -149,10 +152,100 @@ def test_streamed_scores_equal_one_shot_scores_for_any_block_size():
     for compression in ("none", "int8"):
         bank = QueryBank(compression, [10, 30], chunk_bytes=3 * 40 * 4)  # dequantised 3 rows at a time
         bank.add(("m", "loss"), torch.randn(2, 3, 40))
-        want = bank.split(bank.dot(train))[("m", "loss")].numpy()
+        want = bank.scores(train)[("m", "loss")].numpy()
         for block_bytes in (1, 3 * 40 * 4, 2**30):  # every batch, every second batch, everything at once
             got = stream_scores(bank, rows, 10, 3, progress=False, block_bytes=block_bytes)[("m", "loss")]
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_diagonal_blocks_score_each_damping_from_one_row_per_query():
+    """A block stored once in a rotated basis gives exactly Qᵀq / (e + λ) · Qᵀg for every λ; blocks of one basis
+    share one rotation of the training rows per scoring call, and chunking does not change the result."""
+    g = torch.Generator().manual_seed(0)
+    P, dampings = 40, [1e-3, 1e-1, 1.0]
+    bases = {}
+    for name in ("a", "b"):
+        Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+        bases[name] = (Q, torch.rand(P, generator=g, dtype=torch.float64))
+    calls = {"a": 0, "b": 0}
+
+    def rotation(name):
+        def rotate(x):
+            calls[name] += 1
+            return (x.double() @ bases[name][0]).float()
+        return rotate
+
+    queries = {("a", "loss"): torch.randn(3, P, generator=g), ("a", "elbo"): torch.randn(2, P, generator=g),
+               ("b", "loss"): torch.randn(3, P, generator=g)}
+    train = torch.randn(5, P, generator=g)
+    bank = QueryBank("none", chunk_bytes=2 * P * 4)  # 2 rows at a time: chunks inside a block
+    for key, q in queries.items():
+        Q, e = bases[key[0]]
+        bank.add(key, (q.double() @ Q).float()[None], Diagonal(key[0], rotation(key[0]), e, dampings))
+        bank.add(("per_damping",) + key, torch.stack([q.double() @ Q @ torch.diag(1 / (e + lam)) @ Q.T
+                                                      for lam in dampings]))
+    assert bank.n_rows == 8 + 8 * len(dampings)
+    out = bank.scores(train)
+    assert calls == {"a": 1, "b": 1}
+    for key, q in queries.items():
+        Q, e = bases[key[0]]
+        want = torch.stack([q.double() @ Q @ torch.diag(1 / (e + lam)) @ Q.T @ train.double().T for lam in dampings])
+        assert out[key].shape == (len(dampings), q.shape[0], 5)
+        torch.testing.assert_close(out[key].double(), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out[key], out[("per_damping",) + key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="one row per query"):
+        bank.add(("c",), torch.randn(2, 1, P), Diagonal("a", rotation("a"), bases["a"][1], dampings))
+
+
+def test_eigenbasis_bank_gives_the_per_damping_scores_with_a_bank_per_damping_smaller():
+    """K-FAC through the scoring seam, two variants and per-variant queries: the eigenbasis bank (one row per query)
+    equals the per-damping bank without compression and keeps its ranking with int8; both against float64."""
+    model, images, samples, schedule = _tiny_problem(2)
+    curvs = [fit_curvature(model, images, schedule, Variant.from_name(v), 2, 8, seed=0, progress=False)
+             for v in ("kfac_mc_expand", "kfac_empirical_reduce")]
+    inputs = GradientInputs(FlatEps(model).eval(), schedule, images, samples, None)
+    queries = {"kfac_mc_expand": [Query("loss"), Query("elbo")], "kfac_empirical_reduce": [Query("loss")]}
+    dampings = [1e-8, 1e-4, 1e-2]
+    exact = {}
+    for c in curvs:
+        train = torch.cat([inputs.training_gradients(torch.arange(s, s + 8), GradientArgs(4, 8, 0, False, "none"))
+                           for s in range(0, 24, 8)])
+        for q in queries[c.variant.name]:
+            qg = inputs.query_gradients(q, 0, 3, GradientArgs(4, 8, 0, False, "none"))
+            exact[(c.variant.name, q.name)] = torch.stack(
+                [r @ train.double().T for r in c.precondition(qg.double(), dampings)])
+    for compression in ("none", "int8"):
+        args = GradientArgs(4, 8, 0, False, compression)
+        got = {}
+        for bank in ("per_damping", "eigenbasis"):
+            files, timings = score_kfac(curvs, inputs, queries, args, dampings, 1e-8, progress=False, query_bank=bank)
+            got[bank] = {(f.method, f.query): f.scores for f in files}
+            assert {f.args.query_bank for f in files} == {bank} and timings["passes"] == 1
+        for key, want in exact.items():
+            for bank in got:
+                scores = got[bank][key]
+                assert scores.shape == (3, 3, 24)
+                for d in range(3):
+                    ref, val = want[d].numpy(), scores[d]
+                    if compression == "none":
+                        np.testing.assert_allclose(val, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+                    for i in range(3):
+                        assert spearmanr(ref[i], val[i]).statistic >= 0.995, (bank, key, d, i)
+    with pytest.raises(ValueError, match="influence.query_bank must be one of"):
+        score_kfac(curvs, inputs, queries, args, dampings, 1e-8, progress=False, query_bank="eigen")
+
+    # the eigenbasis rows: each parameter tensor's coordinates in decreasing eigenvalue order, int8 groups of at
+    # most EIGEN_GROUP inside a tensor, so that one scale covers coordinates every 1 / (e + λ) rescales alike
+    pre = KFACPreconditioner(curvs[0], dampings, bank="eigenbasis")
+    sizes = curvs[0].sizes
+    assert sum(pre.group_sizes) == sum(sizes) and max(pre.group_sizes) == EIGEN_GROUP
+    assert len(pre.group_sizes) == sum(-(-n // EIGEN_GROUP) for n in sizes)
+    for part in pre.diagonal.eigenvalues.split(sizes):
+        assert (part[1:] <= part[:-1]).all()
+    assert torch.equal(pre.diagonal.eigenvalues.sort().values, curvs[0].eigenvalues().sort().values)
+    g = torch.randn(2, sum(sizes), dtype=torch.float64)
+    torch.testing.assert_close(pre.rotate(g).double().sort(dim=1).values,
+                               curvs[0].rotate(g).sort(dim=1).values, rtol=1e-6, atol=1e-7)
 
 
 def test_plan_passes_covers_every_query_once_within_the_budget():

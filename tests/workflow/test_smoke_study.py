@@ -108,6 +108,48 @@ def test_kfac_scores_in_several_bank_passes_equal_the_pipeline_scores(smoke_stud
             assert min(rho) > 0.99, (path, min(rho))
 
 
+def test_an_eigenbasis_bank_scores_like_float32_rows_with_one_row_per_query(smoke_study, tmp_path, caplog):
+    """influence.query_bank: eigenbasis (the paper configs) through the stage: a bank of one int8 row per (variant,
+    query, sample) instead of one per damping, with scores as close to unquantised float32 rows as the
+    per-damping int8 bank's, or closer (λ = 1e-8 on this 40-image model is where int8 rounding shows)."""
+    import logging
+    import re
+
+    from diffattr.config import kfac_queries
+    from diffattr.scores import read_scores
+    from diffattr.stages.influence import compute_kfac_scores
+    from tests.conftest import paths
+
+    names = configured_variants(SMOKE)
+    queries = kfac_queries(SMOKE)
+    rows = {}
+    runs = {"exact": ("per_damping", "none"), "per_damping": ("per_damping", "int8"), "eigenbasis": ("eigenbasis", "int8")}
+    for run, (bank, compression) in runs.items():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="diffattr.scores.base"):
+            compute_kfac_scores(
+                paths(model=[smoke_study / "models/full/config.json"], train=smoke_study / "data/train.h5",
+                      samples=smoke_study / "samples/samples.h5",
+                      curvatures=[smoke_study / f"curvature/{n}.h5" for n in names]),
+                paths(scores=[tmp_path / run / n / f"{q}.h5" for n in names for q in queries[n]]), shard=0,
+                queries=queries, influence={**SMOKE["influence"], "sample_shards": 1, "query_bank": bank,
+                                            "query_compression": compression},
+                diffusion=SMOKE["diffusion"], hflip=SMOKE["train"]["hflip"], device="cpu")
+        rows[run] = int(re.search(r"query bank of (\d+) rows", caplog.text).group(1))
+    assert rows["per_damping"] == len(SMOKE["influence"]["dampings"]) * rows["eigenbasis"]
+    for name in names:
+        for q in queries[name]:
+            want = read_scores(tmp_path / "exact" / name / f"{q}.h5")["scores"]
+            art = read_scores(tmp_path / "eigenbasis" / name / f"{q}.h5")
+            assert json.loads(art.attrs["args"])["query_bank"] == "eigenbasis"
+            got, per_damping = art["scores"], read_scores(tmp_path / "per_damping" / name / f"{q}.h5")["scores"]
+            assert got.shape == want.shape and np.isfinite(got).all()
+            for d in range(want.shape[0]):
+                err = np.abs(got[d] - want[d]).max() / np.abs(want[d]).max()
+                assert err <= max(2e-2, np.abs(per_damping[d] - want[d]).max() / np.abs(want[d]).max()), (name, q, d)
+                assert min(spearmanr(g, w).statistic for g, w in zip(got[d], want[d], strict=True)) > 0.99
+
+
 def test_lds_metrics_and_figures(smoke_study):
     summary = json.loads((smoke_study / "metrics/lds.json").read_text())
     assert summary["n_subsets"] == M and summary["seeds_per_subset"] == K and summary["n_train"] == 40

@@ -420,8 +420,9 @@ def save_curvature(curv: Curvature, path: str | Path, config: Mapping[str, Any] 
     return write_h5(path, data, config=config, attrs=curv.args)
 
 
-def load_curvature(path: str | Path) -> Curvature:
-    """Read a curvature file written by :func:`save_curvature`."""
+def load_curvature(path: str | Path, device: str | torch.device = "cpu") -> Curvature:
+    """Read a curvature file written by :func:`save_curvature`, its tensors on ``device`` (where the gradients it
+    rotates are: :meth:`Curvature.rotate` would otherwise copy every eigenbasis there on every call)."""
     art = read_h5(path, expect={"param_names": (None,), "modules": (None,)})
     shapes = [tuple(int(x) for x in s[:nd]) for s, nd in zip(art["param_shapes"], art["param_ndim"], strict=True)]
     layers = []
@@ -429,8 +430,10 @@ def load_curvature(path: str | Path) -> Curvature:
         g = f"layers/{k}"
         w, b = (int(x) for x in art[f"{g}/param_index"])
         pos = {kind: i for kind, i in (("weight", w), ("bias", b)) if i >= 0}
-        get = lambda name, g=g: torch.from_numpy(art[f"{g}/{name}"]) if f"{g}/{name}" in art.data else None  # noqa: E731
-        corr = {i: torch.from_numpy(art[f"{g}/corrected_{i}"]) for i in pos.values() if f"{g}/corrected_{i}" in art.data}
+        get = lambda name, g=g: (torch.from_numpy(art[f"{g}/{name}"]).to(device)  # noqa: E731
+                                 if f"{g}/{name}" in art.data else None)
+        corr = {i: torch.from_numpy(art[f"{g}/corrected_{i}"]).to(device) for i in pos.values()
+                if f"{g}/corrected_{i}" in art.data}
         layers.append(Layer(str(module), pos, get("A"), get("G"), get("QA"), get("LA"), get("QG"), get("LG"), corr))
     variant = Variant.from_name(art.attrs["variant"])
     args = {k: v for k, v in art.attrs.items() if k not in (*PROVENANCE_ATTRS, CHECKSUM_ATTR)}

@@ -34,7 +34,7 @@ from diffattr.gradients import measurement_gradients, training_gradients
 from diffattr.models import load_model
 from diffattr.queries import Query
 from diffattr.sampling import read_samples
-from diffattr.scores.bank import QueryBank, bank_row_bytes, plan_passes, stream_scores
+from diffattr.scores.bank import Diagonal, QueryBank, bank_row_bytes, plan_passes, stream_scores
 from diffattr.scores.io import write_scores
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ class Preconditioner(Protocol):
         width: Entries per bank row (k: P for gradients, the projection dimension for TRAK).
         group_sizes: Column groups for int8 compression (the parameter tensors), or None.
         compression: ``int8`` or ``none``; ``dtype`` is the bank's float type for ``none``.
+        diagonal: None, or the basis in which the method is diagonal: then the bank holds one row per query and
+            the dampings are applied at scoring time (:class:`~diffattr.scores.bank.Diagonal`).
     """
 
     dampings: Sequence[float]
@@ -156,9 +158,10 @@ class Preconditioner(Protocol):
     group_sizes: Sequence[int] | None
     compression: str
     dtype: torch.dtype
+    diagonal: Diagonal | None
 
     def precondition(self, query_grads: torch.Tensor) -> torch.Tensor:
-        """``[n, P]`` query gradients -> ``[n_damping, n, k]`` bank rows."""
+        """``[n, P]`` query gradients -> ``[n_damping, n, k]`` bank rows (``[1, n, k]`` with ``diagonal``)."""
 
 
 @dataclass
@@ -201,8 +204,8 @@ def score_gradients(
     specs = list(dict.fromkeys(q for m in preconditioners for q in per_method[m]))  # each query once, in order
     users = {q: [m for m in preconditioners if q in per_method[m]] for q in specs}
     first = next(iter(preconditioners.values()))
-    row_bytes = bank_row_bytes(first.width, first.compression, first.dtype)
-    per_sample = [sum(len(preconditioners[m].dampings) for m in users[q]) * row_bytes for q in specs]
+    row_bytes = bank_row_bytes(first.width, first.compression, first.dtype, len(first.group_sizes or [0]))
+    per_sample = [sum(stored_rows(preconditioners[m]) for m in users[q]) * row_bytes for q in specs]
     passes = plan_passes(len(specs), n_samples, per_sample, args.bank_memory_mb * 2**20)
     if len(passes) > 1:
         log.warning("the query bank needs %.1f GB, more than influence.bank_memory_mb = %d MB: scoring in %d passes "
@@ -220,7 +223,8 @@ def score_gradients(
             timings["query_gradients"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for method in users[query]:
-                bank.add((method, query.name, s0), preconditioners[method].precondition(q))
+                pre = preconditioners[method]
+                bank.add((method, query.name, s0), pre.precondition(q), pre.diagonal)
             timings["precondition"] += time.perf_counter() - t0
         log.info("pass %d/%d: query bank of %d rows, %.1f MB (%s)", k + 1, len(passes), bank.n_rows,
                  bank.nbytes() / 1e6, first.compression)
@@ -230,6 +234,11 @@ def score_gradients(
         timings["train_rows_and_scoring"] += time.perf_counter() - t0
     timings["passes"] = float(len(passes))
     return scores, timings
+
+
+def stored_rows(pre: Preconditioner) -> int:
+    """Bank rows a preconditioner stores per query: one per damping, or one for all with a ``diagonal``."""
+    return 1 if pre.diagonal is not None else len(pre.dampings)
 
 
 def write_score_files(files: Sequence[ScoreFile], paths: Sequence[str | Path], timings: Mapping[str, float]) -> None:

@@ -27,6 +27,7 @@ class IdentityPreconditioner:
     width: int
     dampings: Sequence[float] = (math.nan,)
     group_sizes: Sequence[int] | None = None
+    diagonal: None = None
     compression: str = "none"
     dtype: torch.dtype = torch.float32
 

@@ -139,6 +139,7 @@ class TrakPreconditioner:
     train_rows: torch.Tensor
     dampings: Sequence[float]
     group_sizes: None = None
+    diagonal: None = None  # the rows are per damping (k is small)
     compression: str = "none"
     dtype: torch.dtype = torch.float64
 
@@ -174,6 +175,7 @@ class HalfTrakPreconditioner:
     train_rows: torch.Tensor  # Φ [N, k] float16
     dampings: Sequence[float]
     group_sizes: None = None
+    diagonal: None = None  # the rows are per damping (k is small)
     compression: str = "none"
     dtype: torch.dtype = torch.float16
 

@@ -239,7 +239,7 @@ def attribute(
         timings["curvature"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         (result,), score_timings = score_kfac([curv], inputs, [query], args, lams, icfg["default_damping"], progress,
-                                              store)
+                                              store, icfg["query_bank"])
     else:
         info = METHODS[method]
         if info.needs_model:

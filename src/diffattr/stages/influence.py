@@ -59,12 +59,12 @@ def compute_kfac_scores(
     inputs = GradientInputs.load(model_dir(input.model), input.train, input.samples, diffusion, device)
     n_samples = inputs.samples.shape[0]
     s0, s1 = shard_bounds(n_samples, int(influence["sample_shards"]))[int(shard)]
-    curvatures = [load_curvature(p) for p in input.curvatures]
+    curvatures = [load_curvature(p, device) for p in input.curvatures]
     load_s = time.perf_counter() - t0
     files, timings = score_kfac(curvatures, inputs.shard(s0, s1), {v: [parse_query(q) for q in qs]
                                                                    for v, qs in queries.items()},
                                 GradientArgs.from_sections(influence, hflip), influence["dampings"],
-                                influence["default_damping"])
+                                influence["default_damping"], query_bank=influence["query_bank"])
     timings = {"load": load_s, **timings}
     files = [dataclasses.replace(f, attrs={**f.attrs, "samples": [s0, s1], "n_samples": n_samples}) for f in files]
     write_score_files(files, output.scores, timings)
@@ -86,8 +86,9 @@ def compute_kfac_grad_scores(
     device = select_device(device)
     inputs = GradientInputs.load(model_dir(input.model), input.train, input.samples, diffusion, device)
     args = dataclasses.replace(GradientArgs.from_sections(influence, hflip), mc_samples=int(mc_samples))
-    files, timings = score_kfac([load_curvature(p) for p in input.curvatures], inputs, [parse_query(q) for q in queries],
-                                args, influence["dampings"], influence["default_damping"])
+    files, timings = score_kfac([load_curvature(p, device) for p in input.curvatures], inputs, [parse_query(q) for q in queries],
+                                args, influence["dampings"], influence["default_damping"],
+                                query_bank=influence["query_bank"])
     write_score_files([dataclasses.replace(f, method=f"{f.method}_grad{mc_samples}") for f in files], output.scores,
                       timings)
     log.info("timings: %s", {k: round(v, 2) for k, v in timings.items()})
