@@ -33,6 +33,7 @@ from diffattr.runtime import select_device
 from diffattr.scores import QueryBank
 from diffattr.scores.bank import stream_scores
 from diffattr.scores.base import GradientArgs, GradientInputs
+from diffattr.scores.influence import QUERY_BANKS, KFACPreconditioner
 
 
 def flops_per_row(wrapper: FlatEps, x: torch.Tensor, t: torch.Tensor, approx: str) -> tuple[float, float]:
@@ -70,11 +71,13 @@ def main() -> None:
     ap.add_argument("--config", default="config.yaml")
     ap.add_argument("--variant", default="kfac_mc_expand")
     ap.add_argument("--repeats", type=int, default=2, help="run every stage this often; report the fastest")
+    ap.add_argument("--query-bank", default=None, choices=QUERY_BANKS, help="default: the config's influence.query_bank")
     args = ap.parse_args()
     cfg = load_config(args.config)
     res = Path("results") / cfg["experiment"]
     device = select_device(cfg["device"])
     icfg = cfg["influence"]
+    query_bank = args.query_bank or icfg["query_bank"]
     inputs = GradientInputs.load(res / "models/full", res / "data/train.h5", res / "samples/samples.h5", cfg["diffusion"],
                                  device)
     wrapper, schedule, images, samples = inputs.wrapper, inputs.schedule, inputs.images, inputs.samples
@@ -115,9 +118,10 @@ def main() -> None:
         with timed("query gradients + preconditioning"):
             queries = {m: measurement_gradients(wrapper, samples, m, schedule, mc, seeds["query"], batch_size=bs)
                        for m in icfg["measurements"] if m in ("loss", "elbo")}
-            bank = QueryBank(icfg["query_compression"], curv.sizes)
+            pre = KFACPreconditioner(curv, icfg["dampings"], icfg["query_compression"], bank=query_bank)
+            bank = QueryBank(icfg["query_compression"], pre.group_sizes)
             for m, q in queries.items():
-                bank.add((variant.name, m), curv.precondition(q, icfg["dampings"]))
+                bank.add((variant.name, m), pre.precondition(q), pre.diagonal)
         with timed("training gradients + scoring"):
             stream_scores(bank, lambda idx: grad_fn(images[idx], idx), n, bs, progress=False)
 
@@ -128,7 +132,7 @@ def main() -> None:
     fwd, cov = flops_per_row(wrapper, x0, torch.zeros(1, dtype=torch.long, device=x0.device), variant.approx.value)
     print(f"device: {device}, threads {torch.get_num_threads()}; N={n} training examples, {len(samples)} samples, "
           f"{mc} MC draws per gradient, {icfg['curvature_mc_samples']} per K-FAC example, "
-          f"{len(icfg['dampings'])} dampings, {bank.n_rows} query rows ({icfg['query_compression']}); {variant.name}")
+          f"{len(icfg['dampings'])} dampings, {bank.n_rows} query rows ({icfg['query_compression']}, {query_bank}); {variant.name}")
     print(f"{'stage':<40} {'seconds':>8} {'/ bound':>8}")
     for k, v in t.items():
         print(f"{k:<40} {v:>8.2f} {v / bound:>8.2f}")
