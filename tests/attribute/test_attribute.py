@@ -63,13 +63,16 @@ def _csv_scores(out: Path) -> dict[str, np.ndarray]:
     return {q: np.array([v[j] for j in sorted(v)]) for q, v in by_query.items()}
 
 
-def test_scores_equal_the_pipeline_scores(setup, tmp_path):
+@pytest.mark.parametrize("query_bank", ["per_damping", "eigenbasis"])
+def test_scores_equal_the_pipeline_scores(setup, tmp_path, query_bank):
     from diffattr.stages.data import prepare_dataset
     from diffattr.stages.influence import compute_kfac_scores, fit_curvature
 
     model, train, queries = setup
-    summary = attribute(model, train, [str(q) for q in queries], tmp_path / "out", SECTIONS, top=3,
-                        cache=tmp_path / "cache", device="cpu", progress=False)
+    config = validate_config({**CONFIG, "influence": {**CONFIG["influence"], "query_bank": query_bank}})
+    summary = attribute(model, train, [str(q) for q in queries], tmp_path / "out",
+                        attribution_sections(config, "kfac_mc_expand"), top=3, cache=tmp_path / "cache", device="cpu",
+                        progress=False)
     got = _csv_scores(tmp_path / "out")
 
     # the pipeline on the same model, data (the folder as an image_folder source) and queries (as samples.h5)
@@ -86,7 +89,7 @@ def test_scores_equal_the_pipeline_scores(setup, tmp_path):
     compute_kfac_scores(paths(model=files, train=tmp_path / "p/train.h5", samples=tmp_path / "p/samples.h5",
                               curvatures=[tmp_path / "p/c.h5"]),
                         paths(scores=[tmp_path / "p/scores/kfac_mc_expand/loss.h5"]), shard=0,
-                        queries={"kfac_mc_expand": ["loss"]}, influence={**CONFIG["influence"], "sample_shards": 1},
+                        queries={"kfac_mc_expand": ["loss"]}, influence={**config["influence"], "sample_shards": 1},
                         diffusion=CONFIG["diffusion"], hflip=False, device="cpu")
     want = read_scores(tmp_path / "p/scores/kfac_mc_expand/loss.h5")["scores"][1]  # λ = 1e-2, the default
     for i, q in enumerate(queries):
