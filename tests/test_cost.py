@@ -76,6 +76,20 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert "7 timesteps x 1000 draws each" in table and "longest job:" in table
 
 
+def test_an_overlay_is_merged_over_its_experiment_as_snakemake_merges_it():
+    """experiments/cifar2-headline.yaml: cifar2 without the timestep oracles and the down-weighted retraining."""
+    full = estimate(REPO / "experiments/cifar2.yaml", REF, REPO / "Snakefile")
+    head = estimate([REPO / "experiments/cifar2.yaml", REPO / "experiments/cifar2-headline.yaml"], REF,
+                    REPO / "Snakefile")
+    assert head["experiment"] == "cifar2-headline" and head["n_train"] == 5000
+    assert head["timestep_oracles"]["gpu_hours"] == 0 and "downweight_ablation" not in head["rules"]
+    assert head["rules"]["train_model"]["jobs"] == 33  # the full model and 32 counterfactual runs
+    assert head["rules"]["train_subset"] == full["rules"]["train_subset"]  # the same fleet
+    measure = 200 * (5000 + 1000) * 1e-4 / 3600  # loss/ELBO draws and trajectory steps of one model
+    assert head["rules"]["measure_subset"]["gpu_hours"] == pytest.approx(500 * measure)
+    assert head["total_gpu_hours"] < full["total_gpu_hours"] - full["timestep_oracles"]["gpu_hours"]
+
+
 def test_the_bank_note_says_how_many_sample_shards_make_one_pass():
     cfg = load_config(REPO / "experiments/cifar2.yaml")
     cfg["influence"]["sample_shards"] = 1
@@ -116,9 +130,9 @@ def test_shipped_reference_is_complete():
     assert {"fp32", "tf32", "bf16"} <= set(ref["train_step_s"])
 
 
-@pytest.mark.parametrize("experiment", ["cifar2", "cifar10"])
+@pytest.mark.parametrize("experiment", ["cifar2", "cifar10", "cifar2 cifar2-headline"])
 def test_paper_configs_request_enough_wall_time_for_their_estimated_jobs(experiment):
-    est = estimate(REPO / f"experiments/{experiment}.yaml", load_reference(), REPO / "Snakefile")
+    est = estimate([REPO / f"experiments/{e}.yaml" for e in experiment.split()], load_reference(), REPO / "Snakefile")
     for rule, r in est["rules"].items():
         if r["gpu"]:
             assert r["max_job_hours"] <= r["runtime_limit_hours"], (rule, r)

@@ -2,6 +2,7 @@
 unit costs measured on reference hardware (``cost_reference.json``, written by ``bench/unit_costs.py``).
 
     python -m diffattr.cost experiments/cifar2.yaml        (or: make estimate EXP=cifar2)
+    python -m diffattr.cost experiments/cifar2.yaml experiments/cifar2-headline.yaml   (an overlay, merged in order)
 
 The per-job model counts the network evaluations each rule performs (training steps, forward passes, per-example
 gradients, K-FAC passes, projections) from the merged config and multiplies them by the measured unit costs; it
@@ -18,12 +19,13 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from diffattr.config import (
     attribute_image_count,
+    deep_merge,
     gradient_mc_counts,
     kfac_queries,
     load_config,
@@ -81,13 +83,19 @@ def kfac_bank(cfg: Mapping[str, Any], n_params: int) -> tuple[float, int]:
     return float((s1 - s0) * sum(per_sample)), len(passes)
 
 
-def dry_run_jobs(configfile: str | Path, snakefile: str | Path = "Snakefile") -> list[tuple[str, dict[str, str]]]:
-    """The jobs ``snakemake -n`` would run for ``configfile``: ``[(rule, wildcards)]``."""
+def _files(configfiles: str | Path | Sequence[str | Path]) -> list[str]:
+    return [str(configfiles)] if isinstance(configfiles, str | Path) else [str(f) for f in configfiles]
+
+
+def dry_run_jobs(configfiles: str | Path | Sequence[str | Path],
+                 snakefile: str | Path = "Snakefile") -> list[tuple[str, dict[str, str]]]:
+    """The jobs ``snakemake -n`` would run for ``configfiles`` (merged in order): ``[(rule, wildcards)]``."""
     exe = Path(sys.executable).with_name("snakemake")
-    proc = subprocess.run([str(exe), "-n", "--cores", "1", "--snakefile", str(snakefile), "--configfile",
-                           str(configfile)], capture_output=True, text=True)
+    files = _files(configfiles)
+    proc = subprocess.run([str(exe), "-n", "--cores", "1", "--snakefile", str(snakefile), "--configfile", *files],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"snakemake -n --configfile {configfile} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"snakemake -n --configfile {' '.join(files)} failed:\n{proc.stderr[-3000:]}")
     jobs: list[tuple[str, dict[str, str]]] = []
     for line in proc.stdout.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
@@ -212,19 +220,24 @@ def job_seconds(
     return None
 
 
-def estimate(configfile: str | Path, ref: Mapping[str, Any] | None = None, snakefile: str | Path = "Snakefile") -> dict[str, Any]:
-    """Per-rule job counts and GPU-hours of the experiment ``configfile`` (merged over config.yaml)."""
+def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, Any] | None = None,
+             snakefile: str | Path = "Snakefile") -> dict[str, Any]:
+    """Per-rule job counts and GPU-hours of the experiment ``configfile`` (merged over config.yaml; several files,
+    e.g. an experiment and an overlay, are merged in order)."""
     ref = ref or load_reference()
     import yaml
 
-    # as Snakemake does: the experiment file deep-merged over config.yaml
-    cfg = load_config(Path(snakefile).with_name("config.yaml"), yaml.safe_load(Path(configfile).read_text()))
+    # as Snakemake does: the experiment files deep-merged over config.yaml, in order
+    merged: dict[str, Any] = {}
+    for f in _files(configfile):
+        merged = deep_merge(merged, yaml.safe_load(Path(f).read_text()) or {})
+    cfg = load_config(Path(snakefile).with_name("config.yaml"), merged)
     if cfg["model"]["preset"] != ref["preset"]:
-        raise ValueError(f"{configfile}: model.preset is {cfg['model']['preset']!r}, but the reference unit costs "
+        raise ValueError(f"{' + '.join(_files(configfile))}: model.preset is {cfg['model']['preset']!r}, but the reference unit costs "
                          f"({REFERENCE_FILE.name}) are for {ref['preset']!r}; measure them with "
                          f"`python bench/unit_costs.py --preset {cfg['model']['preset']} --json FILE`")
     if n_train(cfg) is None:
-        raise ValueError(f"{configfile}: the training-set size depends on the data (set data.per_class and data.classes)")
+        raise ValueError(f"{' + '.join(_files(configfile))}: the training-set size depends on the data (set data.per_class and data.classes)")
     bank_bytes, passes = kfac_bank(cfg, kfac_parameter_count(cfg["model"]["preset"]))
     rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "gpu": False, "max_job_hours": 0.0})
     timestep_hours = 0.0
@@ -305,7 +318,7 @@ def format_estimate(est: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("configfile", help="experiment config, e.g. experiments/cifar2.yaml")
+    ap.add_argument("configfile", nargs="+", help="experiment config, e.g. experiments/cifar2.yaml, and overlays")
     ap.add_argument("--reference", default=str(REFERENCE_FILE), help="unit costs (bench/unit_costs.py --json)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
