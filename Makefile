@@ -7,7 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 STAMP       := $(VENV)/.installed
 CORES       ?= all
 # Experiment for restore/resume/estimate: quickstart (config.yaml) or the name of a file in experiments/; for
-# estimate/resume also an experiment and its overlays, merged in order (EXP="cifar2 cifar2-headline").
+# estimate/resume also an experiment and its overlays, merged in order (EXP="cifar2 cifar2/headline").
 EXP         ?= quickstart
 EXP_CONFIG  := $(if $(filter quickstart,$(EXP)),config.yaml,$(foreach e,$(EXP),experiments/$(e).yaml))
 

@@ -3,10 +3,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffattr.config import ConfigError, load_config, validate_config
+from diffattr.config import ConfigError, deep_merge, load_config, validate_config
 from tests.conftest import REPO
 
 CONFIGS = [REPO / "config.yaml", *sorted((REPO / "experiments").glob("*.yaml"))]
+OVERLAYS = sorted((REPO / "experiments").glob("*/*.yaml"))  # experiments/<base>/<name>.yaml: on <base>.yaml
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_overlays_validate_over_their_experiment_and_name_their_own(path: Path):
+    base, raw = yaml.safe_load(path.parent.with_suffix(".yaml").read_text()), yaml.safe_load(path.read_text())
+    cfg = load_config(REPO / "config.yaml", deep_merge(base, raw))  # as `--configfile <base>.yaml <overlay>.yaml`
+    assert cfg["experiment"] == raw["experiment"] != base["experiment"]  # its own results/ folder
+    assert cfg["data"] == load_config(REPO / "config.yaml", base)["data"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -77,9 +77,9 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
 
 
 def test_an_overlay_is_merged_over_its_experiment_as_snakemake_merges_it():
-    """experiments/cifar2-headline.yaml: cifar2 without the timestep oracles and the down-weighted retraining."""
+    """experiments/cifar2/headline.yaml: cifar2 without the timestep oracles and the down-weighted retraining."""
     full = estimate(REPO / "experiments/cifar2.yaml", REF, REPO / "Snakefile")
-    head = estimate([REPO / "experiments/cifar2.yaml", REPO / "experiments/cifar2-headline.yaml"], REF,
+    head = estimate([REPO / "experiments/cifar2.yaml", REPO / "experiments/cifar2/headline.yaml"], REF,
                     REPO / "Snakefile")
     assert head["experiment"] == "cifar2-headline" and head["n_train"] == 5000
     assert head["timestep_oracles"]["gpu_hours"] == 0 and "downweight_ablation" not in head["rules"]
@@ -130,7 +130,7 @@ def test_shipped_reference_is_complete():
     assert {"fp32", "tf32", "bf16"} <= set(ref["train_step_s"])
 
 
-@pytest.mark.parametrize("experiment", ["cifar2", "cifar10", "cifar2 cifar2-headline"])
+@pytest.mark.parametrize("experiment", ["cifar2", "cifar10", "cifar2 cifar2/headline"])
 def test_paper_configs_request_enough_wall_time_for_their_estimated_jobs(experiment):
     est = estimate([REPO / f"experiments/{e}.yaml" for e in experiment.split()], load_reference(), REPO / "Snakefile")
     for rule, r in est["rules"].items():

@@ -2,7 +2,7 @@
 unit costs measured on reference hardware (``cost_reference.json``, written by ``bench/unit_costs.py``).
 
     python -m diffattr.cost experiments/cifar2.yaml        (or: make estimate EXP=cifar2)
-    python -m diffattr.cost experiments/cifar2.yaml experiments/cifar2-headline.yaml   (an overlay, merged in order)
+    python -m diffattr.cost experiments/cifar2.yaml experiments/cifar2/headline.yaml   (an overlay, merged in order)
 
 The per-job model counts the network evaluations each rule performs (training steps, forward passes, per-example
 gradients, K-FAC passes, projections) from the merged config and multiplies them by the measured unit costs; it

@@ -9,11 +9,14 @@ from diffattr.data import read_subsets, read_train
 from tests.conftest import REPO, run_snakemake
 
 CONFIGS = ["config.yaml", *sorted(f"experiments/{p.name}" for p in (REPO / "experiments").glob("*.yaml"))]
+# an overlay experiments/<base>/<name>.yaml is given after its experiment
+CONFIGS += [f"experiments/{p.parent.name}.yaml experiments/{p.parent.name}/{p.name}"
+            for p in sorted((REPO / "experiments").glob("*/*.yaml"))]
 
 
 @pytest.mark.parametrize("configfile", CONFIGS)
 def test_dry_run_every_config(workflow_dir, configfile):
-    proc = run_snakemake(workflow_dir, "-n", "--cores", "1", "--configfile", configfile)
+    proc = run_snakemake(workflow_dir, "-n", "--cores", "1", "--configfile", *configfile.split())
     assert "prepare_dataset" in proc.stdout
 
 
