@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,6 +47,10 @@ class Schedule:
     @classmethod
     def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
         """The schedule of Ho et al. (linear betas from ``beta_start`` to ``beta_end`` over T steps)."""
+        # imported here, not at the top: importing diffusers takes about 4 s, which every CPU-only job that imports
+        # this module for its types (LDS, counterfactual selection, figures) would pay without building a schedule
+        from diffusers import DDPMScheduler
+
         sched = DDPMScheduler(
             num_train_timesteps=num_timesteps,
             beta_start=beta_start,
