@@ -100,6 +100,17 @@ def test_the_bank_note_says_how_many_sample_shards_make_one_pass():
     assert kfac_bank(cfg, P)[0] == pytest.approx(10 * (10 + 3 * 2) * 200 * P)
 
 
+def test_the_bank_note_offers_the_eigenbasis_bank_to_a_per_damping_bank_that_needs_passes(tmp_path):
+    overlay = tmp_path / "per_damping.yaml"
+    overlay.write_text("influence: {query_bank: per_damping}\n")
+    est = estimate([REPO / "experiments/cifar2.yaml", overlay], REF, REPO / "Snakefile")
+    bank = est["kfac_bank"]
+    assert bank["passes"] == 10 and bank["gigabytes"] == pytest.approx(10 * bank["eigenbasis_gigabytes"], rel=0.02)
+    assert (f"each job makes 10 passes over the training set; influence.sample_shards = 20 (or more memory) makes "
+            f"it one, or influence.query_bank: eigenbasis ({bank['eigenbasis_gigabytes']:.0f} GB)") in format_estimate(est)
+    assert est["rules"]["compute_kfac_scores"]["gpu_hours"] > 9 * 2 * 5000 * 250 * 2e-3 / 3600
+
+
 def test_kfac_bank_fits_in_one_pass_with_enough_memory():
     cfg = load_config(REPO / "experiments/cifar2.yaml")
     cfg["influence"]["bank_memory_mb"] = 10**6

@@ -238,7 +238,9 @@ def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, An
                          f"`python bench/unit_costs.py --preset {cfg['model']['preset']} --json FILE`")
     if n_train(cfg) is None:
         raise ValueError(f"{' + '.join(_files(configfile))}: the training-set size depends on the data (set data.per_class and data.classes)")
-    bank_bytes, passes = kfac_bank(cfg, kfac_parameter_count(cfg["model"]["preset"]))
+    n_params = kfac_parameter_count(cfg["model"]["preset"])
+    bank_bytes, passes = kfac_bank(cfg, n_params)
+    eigen = {**cfg, "influence": {**cfg["influence"], "query_bank": "eigenbasis"}}
     rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "gpu": False, "max_job_hours": 0.0})
     timestep_hours = 0.0
     for rule, wildcards in dry_run_jobs(configfile, snakefile):
@@ -273,7 +275,9 @@ def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, An
                                  if "timestep_loss" in cfg["measure"]["measurements"] else 0},
             "kfac_bank": {"gigabytes": bank_bytes / 1e9, "passes": passes,
                           "sample_shards": cfg["influence"]["sample_shards"],
-                          "bank_memory_mb": cfg["influence"]["bank_memory_mb"]}}
+                          "bank_memory_mb": cfg["influence"]["bank_memory_mb"],
+                          "query_bank": cfg["influence"]["query_bank"],
+                          "eigenbasis_gigabytes": kfac_bank(eigen, n_params)[0] / 1e9}}
 
 
 def format_estimate(est: Mapping[str, Any]) -> str:
@@ -301,7 +305,9 @@ def format_estimate(est: Mapping[str, Any]) -> str:
         lines.append(f"note: a compute_kfac_scores job's query bank needs {bank['gigabytes']:.0f} GB, more than "
                      f"influence.bank_memory_mb = {bank['bank_memory_mb']} MB: each job makes {bank['passes']} passes "
                      f"over the training set; influence.sample_shards = {bank['sample_shards'] * bank['passes']} "
-                     "(or more memory) makes it one")
+                     "(or more memory) makes it one" + (
+                         f", or influence.query_bank: eigenbasis ({bank['eigenbasis_gigabytes']:.0f} GB)"
+                         if bank["query_bank"] == "per_damping" else ""))
     for item in est["assumed_unit_costs"]:
         source = ref["assumed"]["source"][item.split("[")[0].split(" ")[0]]
         lines.append(f"note: assumed, not measured by bench/unit_costs.py on a GPU yet: {item} ({source})")
