@@ -10,6 +10,7 @@ examples. :func:`plan_passes` splits a bank larger than its memory budget into p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,13 @@ class Diagonal:
     rotate: Callable[[torch.Tensor], torch.Tensor]
     eigenvalues: torch.Tensor
     dampings: Sequence[float]
+
+    @functools.cached_property
+    def inverses(self) -> torch.Tensor:
+        """``1 / (e + λ)`` for every λ, ``[n_damping, P]`` float32 on the eigenvalues' device, computed once: every
+        chunk of every block of this basis is rescaled with it, for every batch of training rows."""
+        e = self.eigenvalues.double()
+        return torch.stack([(1.0 / (e + lam)).float() for lam in self.dampings])
 
 
 @dataclass(frozen=True)
@@ -143,10 +151,9 @@ class QueryBank:
                         flat[offset : offset + len(chunk)] = chunk @ g.T
                     out[key] = res
                     continue
-                evals = block.diagonal.eigenvalues.to(device=g.device, dtype=torch.float64)
+                inverses = block.diagonal.inverses.to(device=g.device, dtype=g.dtype)
                 for offset, chunk in self._chunks(block, g.device):
-                    for d, lam in enumerate(block.diagonal.dampings):
-                        inverse = (1.0 / (evals + lam)).to(chunk.dtype)
+                    for d, inverse in enumerate(inverses):
                         res[d, offset : offset + len(chunk)] = (chunk * inverse) @ g.T
                 out[key] = res
         return out
