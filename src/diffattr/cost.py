@@ -6,8 +6,10 @@ unit costs measured on reference hardware (``cost_reference.json``, written by `
 
 The per-job model counts the network evaluations each rule performs (training steps, forward passes, per-example
 gradients, K-FAC passes, projections) from the merged config and multiplies them by the measured unit costs; it
-ignores data loading, process start-up and file writes, so short jobs are underestimated. CPU-only rules are
-counted but not costed.
+ignores data loading, process start-up and file writes, so short jobs are underestimated. It also leaves out the
+query bank's dot products: by FLOP count about 6 PFLOP per cifar2 ``compute_kfac_scores`` job (16,000 row-dampings
+x 5,000 examples x 2P), a few minutes at an H200's float32 rate, not measured. CPU-only rules are counted but not
+costed.
 """
 
 from __future__ import annotations

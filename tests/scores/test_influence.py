@@ -150,7 +150,7 @@ def test_streamed_scores_equal_one_shot_scores_for_any_block_size():
         return train[idx]
 
     for compression in ("none", "int8"):
-        bank = QueryBank(compression, [10, 30], chunk_bytes=3 * 40 * 4)  # dequantised 3 rows at a time
+        bank = QueryBank(compression, [10, 30], chunk_bytes=3 * 40 * 4, min_chunk_rows=1)  # 3 rows at a time
         bank.add(("m", "loss"), torch.randn(2, 3, 40))
         want = bank.scores(train)[("m", "loss")].numpy()
         for block_bytes in (1, 3 * 40 * 4, 2**30):  # every batch, every second batch, everything at once
@@ -178,15 +178,19 @@ def test_diagonal_blocks_score_each_damping_from_one_row_per_query():
     queries = {("a", "loss"): torch.randn(3, P, generator=g), ("a", "elbo"): torch.randn(2, P, generator=g),
                ("b", "loss"): torch.randn(3, P, generator=g)}
     train = torch.randn(5, P, generator=g)
-    bank = QueryBank("none", chunk_bytes=2 * P * 4)  # 2 rows at a time: chunks inside a block
+    bank = QueryBank("none", chunk_bytes=2 * P * 4, min_chunk_rows=1)  # 2 rows at a time: chunks inside a block
+    whole = QueryBank("none", chunk_bytes=1)  # min_chunk_rows (16) rows at a time: every block in one chunk
     for key, q in queries.items():
         Q, e = bases[key[0]]
-        bank.add(key, (q.double() @ Q).float()[None], Diagonal(key[0], rotation(key[0]), e, dampings))
+        for b in (bank, whole):
+            b.add(key, (q.double() @ Q).float()[None], Diagonal(key[0], rotation(key[0]), e, dampings))
         bank.add(("per_damping",) + key, torch.stack([q.double() @ Q @ torch.diag(1 / (e + lam)) @ Q.T
                                                       for lam in dampings]))
     assert bank.n_rows == 8 + 8 * len(dampings)
     out = bank.scores(train)
     assert calls == {"a": 1, "b": 1}
+    for key, value in whole.scores(train).items():
+        torch.testing.assert_close(value, out[key], rtol=1e-5, atol=1e-6)
     for key, q in queries.items():
         Q, e = bases[key[0]]
         want = torch.stack([q.double() @ Q @ torch.diag(1 / (e + lam)) @ Q.T @ train.double().T for lam in dampings])
