@@ -76,15 +76,19 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
     assert re.search(r"train_subset\s+100\n", dry.stdout), dry.stdout[-2000:]
     assert not log.exists()  # a dry run submits nothing
     # every job of the DAG, as the profile resolves its resources: gpu=1 exactly for the GPU rules
+    # and the CPUs that go with the GPU (cpus_per_gpu=8, --cpus-per-gpu) for each of them
     gpu_by_rule = defaultdict(set)
     rule = None
     for line in dry.stdout.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
             rule = m.group(1)
         elif line.strip().startswith("resources:") and rule != "all":
-            gpu_by_rule[rule].add(bool(re.search(r"\bgpu=1\b", line)))
-    assert {r for r, v in gpu_by_rule.items() if True in v} == GPU_RULES
-    assert all(len(v) == 1 for v in gpu_by_rule.values())
+            gpu_by_rule[rule].add((bool(re.search(r"\bgpu=1\b", line)), bool(re.search(r"\bcpus_per_gpu=8\b", line))))
+    assert {r for r, v in gpu_by_rule.items() if any(gpu for gpu, _ in v)} == GPU_RULES
+    assert all(len({gpu for gpu, _ in v}) == 1 for v in gpu_by_rule.values())
+    # (a rule without a GPU in this experiment, attribute_queries here, gets --cpus-per-task: the plugin reads
+    # cpus_per_gpu only for GPU jobs)
+    assert all(cpus for r in GPU_RULES for _, cpus in gpu_by_rule[r]), dict(gpu_by_rule)
 
     # The first status check is put off for an hour so that no job is seen to "finish" without its outputs (which
     # would stop further submissions). Snakemake is stopped once the submissions this test checks have all arrived
@@ -118,3 +122,22 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
     train = calls["train_model"][0]
     assert "--mem 32000" in train and "-t 120" in train  # cifar2's resources.train_*
     assert "-t 600" in calls["train_subset"][0]  # five seeds: 5 x resources.train_runtime
+
+
+def test_slurm_profile_gives_cpus_to_every_rule_that_can_ask_for_a_gpu(workflow_dir: Path):
+    """Every rule whose resources can hold `gpu=1` (some only in some experiments, e.g. attribute_queries) gets
+    CPUs per GPU from the profile; without an entry the plugin would fall back to --cpus-per-task alone."""
+    import yaml
+
+    gpu_rules = set()
+    for smk in (workflow_dir / "rules").glob("*.smk"):
+        rule = None
+        for line in smk.read_text().splitlines():
+            if m := re.match(r"^(?:local)?rule (\w+):", line):
+                rule = m.group(1)
+            elif re.match(r"^\s+gpu=1\b", line):
+                gpu_rules.add(rule)
+    assert GPU_RULES <= gpu_rules
+    profile = yaml.safe_load((workflow_dir / "profiles/slurm/config.yaml").read_text())
+    with_cpus = {r for r, res in profile["set-resources"].items() if res.get("cpus_per_gpu") == 8}
+    assert with_cpus == gpu_rules
