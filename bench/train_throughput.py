@@ -17,8 +17,7 @@ from diffusers.training_utils import EMAModel
 
 from diffattr.diffusion import Schedule, ddpm_loss
 from diffattr.diffusion.ddpm import eps_fn
-from diffattr.models import build_unet, count_parameters
-from diffattr.train.loop import _set_precision
+from diffattr.models import build_unet, compile_unet, count_parameters, precision_context
 
 H200_REFERENCE = {"fp32": 0.168, "tf32": 0.062, "bf16+compile": 0.046}
 
@@ -28,19 +27,19 @@ def time_step(preset: str, batch: int, precision: str, device: torch.device, ste
     ``train.compile``: the forward and backward of the U-Net compiled, the warm-up step pays the compilation)."""
     precision, _, compiled = precision.partition("+")
     model = build_unet(preset).to(device).train()
-    net = torch.compile(model) if compiled else model
+    net = compile_unet(model, bool(compiled))
     size, c = model.config.sample_size, model.config.in_channels
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ema = EMAModel(model.parameters(), decay=0.999, foreach=True)
     ema.to(device)
     schedule = Schedule.linear()
-    _set_precision(precision)
+    autocast = precision_context(precision, device.type)
     x = torch.rand(batch, c, size, size, device=device) * 2 - 1
     t = torch.randint(1000, (batch,), device=device)
     eps = torch.randn_like(x)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast:
             loss = ddpm_loss(eps_fn(net), schedule, x, t, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,10 +1,12 @@
 """Unit costs of the pipeline's GPU work for one U-Net preset on the device found here; `diffattr.cost` turns
 them into per-rule estimates (`make estimate EXP=cifar2`).
 
-Measures, after a warm-up each: one training step at batch 128 per precision (fp32, tf32, bf16, bf16+compile); an inference forward pass per
-image; a per-example training-loss gradient per (example, draw); a K-FAC fit (expand, reduce) per (example,
-draw) and its eigendecomposition per fit; the rotation of a training gradient into the Kronecker eigenbasis
-(``influence.query_bank: eigenbasis``); a TRAK projection per gradient at k = 32768 (batches of 32). Prints them as JSON (the shape of `diffattr.cost.REFERENCE`).
+Measures, after a warm-up each: one training step at batch 128 per precision (fp32, tf32, bf16, bf16+compile);
+an inference forward pass per image, in fp32 (sampling) and at each oracle setting (``measure.precision``,
+``measure.compile``); a per-example training-loss gradient per (example, draw); a K-FAC fit (expand, reduce) per
+(example, draw) and its eigendecomposition per fit; the rotation of a training gradient into the Kronecker
+eigenbasis (``influence.query_bank: eigenbasis``); a TRAK projection per gradient at k = 32768 (batches of 32).
+Prints them as JSON (the shape of `diffattr.cost.REFERENCE`).
 
     python bench/unit_costs.py [--preset ddpm_cifar] [--json out.json]
 """
@@ -24,7 +26,7 @@ from diffattr.curvature import FlatEps, Variant, build_operator, curvature_from_
 from diffattr.diffusion import Schedule
 from diffattr.diffusion.ddpm import eps_fn
 from diffattr.gradients import training_gradients
-from diffattr.models import build_unet
+from diffattr.models import build_unet, compile_unet, precision_context
 from diffattr.scores.influence import KFACPreconditioner
 from diffattr.scores.trak import make_projector, project
 
@@ -86,6 +88,20 @@ def main() -> None:
             eps(x, t)
 
     record("forward_s_per_image", timed(forward, 3) / fwd_batch)
+    # the oracles' forward at measure.precision / measure.compile (the warm-up call pays the compilation)
+    at = {}
+    for key in ["tf32", "bf16", "bf16+compile"] if gpu else ["bf16"]:
+        precision, _, compiled = key.partition("+")
+        net = eps_fn(compile_unet(model, bool(compiled)))
+        autocast = precision_context(precision, device.type)
+
+        def forward_at(net=net, autocast=autocast):
+            with torch.inference_mode(), autocast:
+                net(x, t).float()
+
+        at[key] = timed(forward_at, 3) / fwd_batch
+    record("forward_s_per_image_at", at)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the attribution rules' fp32
 
     wrapper = FlatEps(model)
     imgs = torch.rand(max(grad_b, n_proj), c, size, size, device=device) * 2 - 1

@@ -21,8 +21,11 @@ REF = {"preset": "ddpm_cifar", "device": "test", "torch": "x", "date": "today", 
        "gradient_s_per_example_draw": 2e-3, "kfac_fit_expand_s_per_example_draw": 3e-3,
        "kfac_fit_reduce_s_per_example_draw": 1e-3, "kfac_eig_expand_s": 3.0, "kfac_eig_reduce_s": 2.0,
        "projection_dim": 32768, "project_batch": 32, "project_s_per_gradient": 1e-2,
-       "assumed": {"source": {"train_step_s": "a test", "kfac_rotate_s_per_gradient": "another test"},
-                   "train_step_s": {"bf16+compile": 0.025}, "kfac_rotate_s_per_gradient": 0.01}}
+       "forward_s_per_image_at": {"bf16": 5e-5},
+       "assumed": {"source": {"train_step_s": "a test", "kfac_rotate_s_per_gradient": "another test",
+                              "forward_s_per_image_at": "a third test"},
+                   "train_step_s": {"bf16+compile": 0.025}, "kfac_rotate_s_per_gradient": 0.01,
+                   "forward_s_per_image_at": {"bf16+compile": 2.5e-5}}}
 
 
 def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
@@ -90,6 +93,29 @@ def test_an_overlay_is_merged_over_its_experiment_as_snakemake_merges_it():
     assert head["total_gpu_hours"] < full["total_gpu_hours"] - full["timestep_oracles"]["gpu_hours"]
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_oracles_are_priced_at_their_precision_measured_or_assumed(tmp_path, compiled):
+    """measure.precision/measure.compile price every oracle forward pass (not the sampler's) at that setting's unit
+    cost; an assumed one is said so."""
+    overlay = tmp_path / "oracle_precision.yaml"
+    overlay.write_text("measure: {precision: fp32, compile: false}\n")
+    base = estimate([REPO / "experiments/cifar2.yaml", overlay], REF, REPO / "Snakefile")
+    overlay.write_text(f"measure: {{precision: bf16, compile: {str(compiled).lower()}}}\n")
+    est = estimate([REPO / "experiments/cifar2.yaml", overlay], REF, REPO / "Snakefile")
+    ratio = (2.5e-5 if compiled else 5e-5) / 1e-4
+    for rule in ("measure_model", "measure_subset"):
+        assert est["rules"][rule]["gpu_hours"] == pytest.approx(ratio * base["rules"][rule]["gpu_hours"])
+    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(ratio * base["timestep_oracles"]["gpu_hours"])
+    assert est["rules"]["sample_images"] == base["rules"]["sample_images"]
+    note = "forward_s_per_image_at[bf16+compile] = 2.5e-05"
+    assert (note in est["assumed_unit_costs"]) == compiled
+    assert (f"{note} (a third test)" in format_estimate(est)) == compiled
+    assert not any("forward" in a for a in base["assumed_unit_costs"])
+    overlay.write_text("measure: {precision: tf32}\n")
+    with pytest.raises(ValueError, match="forward_s_per_image_at: 'tf32' has no reference unit cost"):
+        estimate([REPO / "experiments/cifar2.yaml", overlay], REF, REPO / "Snakefile")
+
+
 def test_the_bank_note_says_how_many_sample_shards_make_one_pass():
     cfg = load_config(REPO / "experiments/cifar2.yaml")
     cfg["influence"]["sample_shards"] = 1
@@ -137,8 +163,13 @@ def test_reference_mismatch_and_unknown_size_fail_clearly(tmp_path):
 
 def test_shipped_reference_is_complete():
     ref = load_reference()
-    assert set(REF) <= set(ref) and ref["preset"] == "ddpm_cifar"
+    assert set(REF) - {"forward_s_per_image_at"} <= set(ref) and ref["preset"] == "ddpm_cifar"
     assert {"fp32", "tf32", "bf16"} <= set(ref["train_step_s"])
+    # every schema setting of train/measure precision and compile has a unit cost, measured or assumed
+    for table in ("train_step_s", "forward_s_per_image_at"):
+        priced = set(ref.get(table, {})) | set(ref["assumed"].get(table, {}))
+        assert {"tf32", "bf16", "bf16+compile"} <= priced, table
+        assert not ref["assumed"].get(table) or table in ref["assumed"]["source"]  # an assumption says its source
 
 
 @pytest.mark.parametrize("experiment", ["cifar2", "cifar10", "cifar2 cifar2/headline"])

@@ -109,20 +109,33 @@ def dry_run_jobs(configfiles: str | Path | Sequence[str | Path],
     return jobs
 
 
-def train_step_key(train: Mapping[str, Any]) -> str:
-    """The reference step time a ``train`` section uses: its precision, ``+compile`` with ``train.compile``."""
-    return train["precision"] + ("+compile" if train.get("compile") else "")
+def precision_key(section: Mapping[str, Any]) -> str:
+    """The reference unit cost a ``train`` or ``measure`` section runs at: its precision, ``+compile`` with its
+    ``compile`` option (``bf16+compile``)."""
+    return section["precision"] + ("+compile" if section.get("compile") else "")
 
 
-def train_step_seconds(train: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
-    """Seconds per training step at the reference batch: measured (``train_step_s``) or, until measured, assumed
-    (``assumed.train_step_s``, said so in the estimate)."""
-    key = train_step_key(train)
-    for table in (ref["train_step_s"], ref.get("assumed", {}).get("train_step_s", {})):
-        if key in table:
-            return float(table[key])
-    raise ValueError(f"train.precision/train.compile {key!r} has no reference step time (have "
-                     f"{sorted(ref['train_step_s'])}); measure it with bench/unit_costs.py")
+def _keyed_cost(ref: Mapping[str, Any], table: str, key: str, measured: Mapping[str, float]) -> tuple[float, bool]:
+    """``key``'s unit cost from ``measured`` or, until measured, from ``ref["assumed"][table]`` (said so in the
+    estimate); and whether it was measured."""
+    if key in measured:
+        return float(measured[key]), True
+    if key in ref.get("assumed", {}).get(table, {}):
+        return float(ref["assumed"][table][key]), False
+    raise ValueError(f"{table}: {key!r} has no reference unit cost (have {sorted(measured)}); measure it with "
+                     "bench/unit_costs.py on a GPU")
+
+
+def train_step_seconds(train: Mapping[str, Any], ref: Mapping[str, Any]) -> tuple[float, bool]:
+    """Seconds per training step at the reference batch (``train_step_s``, or assumed until measured)."""
+    return _keyed_cost(ref, "train_step_s", precision_key(train), ref["train_step_s"])
+
+
+def measure_forward_seconds(measure: Mapping[str, Any], ref: Mapping[str, Any]) -> tuple[float, bool]:
+    """Seconds per image of an oracle's U-Net forward pass at ``measure.precision``/``measure.compile``:
+    ``forward_s_per_image`` for fp32, ``forward_s_per_image_at[key]`` otherwise (or assumed until measured)."""
+    return _keyed_cost(ref, "forward_s_per_image_at", precision_key(measure),
+                       {"fp32": ref["forward_s_per_image"], **ref.get("forward_s_per_image_at", {})})
 
 
 def unit_cost(ref: Mapping[str, Any], key: str) -> tuple[float, bool]:
@@ -155,7 +168,7 @@ def timestep_oracle_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any], mode
     if "timestep_loss" not in model_measurements(cfg, model_id):
         return 0.0
     draws = mcfg["timestep_mc_samples"] or mcfg["mc_samples"]
-    return cfg["sample"]["n_samples"] * len(mcfg["timesteps"]) * draws * ref["forward_s_per_image"]
+    return cfg["sample"]["n_samples"] * len(mcfg["timesteps"]) * draws * measure_forward_seconds(mcfg, ref)[0]
 
 
 def _measured_models(rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any]) -> tuple[str, int]:
@@ -179,14 +192,15 @@ def job_seconds(
     query_draws = S * n_queries * gradient_mc_counts(icfg)[0]
     if rule in ("train_model", "train_subset"):  # train_subset: every seed of a subset; downweight runs: all steps
         steps = tr["subset_steps"] * cfg["subsets"]["seeds_per_subset"] if rule == "train_subset" else tr["steps"]
-        return steps * train_step_seconds(tr, ref) * tr["batch_size"] / ref["train_batch"]
+        return steps * train_step_seconds(tr, ref)[0] * tr["batch_size"] / ref["train_batch"]
     if rule == "sample_images":
         return S * T * fwd
     if rule in ("measure_model", "measure_subset"):
         model, n_models = _measured_models(rule, wildcards, cfg)
         names = set(model_measurements(cfg, model))
         per_sample = mcfg["mc_samples"] * bool(names & {"loss", "elbo"}) + T * ("trajectory" in names)
-        return n_models * (S * per_sample * fwd + timestep_oracle_seconds(cfg, ref, model))
+        return n_models * (S * per_sample * measure_forward_seconds(mcfg, ref)[0] +
+                           timestep_oracle_seconds(cfg, ref, model))
     if rule == "fit_curvature":
         name = wildcards["curvature"]
         approx = "expand" if name.endswith("expand") else "reduce"
@@ -264,8 +278,12 @@ def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, An
             per_seed = rule in ("train_subset", "measure_subset")  # rules/*.smk ask for this much per seed
             row["runtime_limit_hours"] = cfg["resources"][key] / 60 * (cfg["subsets"]["seeds_per_subset"] if per_seed else 1)
             row["runtime_key"] = f"resources.{key}"
-    key = train_step_key(cfg["train"])
-    assumed = [] if key in ref["train_step_s"] else [f"train_step_s[{key}] = {train_step_seconds(cfg['train'], ref)}"]
+    assumed = []
+    for table, section, (value, measured) in (
+            ("train_step_s", "train", train_step_seconds(cfg["train"], ref)),
+            ("forward_s_per_image_at", "measure", measure_forward_seconds(cfg["measure"], ref))):
+        if not measured:
+            assumed.append(f"{table}[{precision_key(cfg[section])}] = {value}")
     if cfg["influence"]["query_bank"] == "eigenbasis" and not unit_cost(ref, "kfac_rotate_s_per_gradient")[1]:
         assumed.append(f"kfac_rotate_s_per_gradient = {unit_cost(ref, 'kfac_rotate_s_per_gradient')[0]}")
     return {"experiment": cfg["experiment"], "n_train": n_train(cfg), "reference": ref, "rules": dict(rows),

@@ -226,3 +226,38 @@ def test_batches_across_samples_and_timesteps_equal_separate_computation():
             eps = timestep_draws(7, i, 3, (1, 8, 8))[None]
             want = F.timestep_loss(eps_fn(model), s, x0[i : i + 1], [1, 5, 20], eps)[0].mean(-1)
             np.testing.assert_allclose(out["timestep_loss"][i], want.numpy(), rtol=1e-5, err_msg=f"sample {i}")
+
+
+def test_measurement_precision_and_compile():
+    """measure.precision bf16 autocasts the U-Net's forward (the oracles move by bfloat16 rounding, not more) and
+    keeps what the LDS reads, the differences between two nearby models, in order; tf32 leaves a CPU run
+    unchanged; measure.compile computes the same oracles."""
+    from diffattr.models import build_unet
+
+    T = 50
+    s = Schedule.linear(T)
+    model = build_unet("unet_tiny").eval()
+    near = build_unet("unet_tiny").eval()  # a "retrained" model: the same weights, each moved by ~1 %
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), near.parameters(), strict=True):
+            q.copy_(p * (1 + 0.01 * torch.randn(p.shape, generator=g)))
+    x0 = torch.rand(12, 1, 8, 8, generator=g) * 2 - 1
+    cfg = {"measurements": ["loss", "elbo", "timestep_loss"], "mc_samples": 64, "timestep_mc_samples": 8,
+           "timesteps": [1, 25], "batch_size": 256, "seed": 0}
+    fp32 = [measure_samples(m, s, x0, cfg, progress=False) for m in (model, near)]
+    bf16 = [measure_samples(m, s, x0, {**cfg, "precision": "bf16"}, progress=False) for m in (model, near)]
+    for name in ("loss", "elbo", "timestep_loss"):
+        assert not np.array_equal(fp32[0][name], bf16[0][name])  # autocast is on
+        np.testing.assert_allclose(bf16[0][name], fp32[0][name], rtol=5e-3, err_msg=name)
+    diff32, diff16 = fp32[1]["loss"] - fp32[0]["loss"], bf16[1]["loss"] - bf16[0]["loss"]
+    assert np.abs(diff32).min() > 0
+    from scipy.stats import spearmanr
+
+    assert spearmanr(diff32, diff16).statistic > 0.9, (diff32, diff16)
+    tf32 = measure_samples(model, s, x0, {**cfg, "precision": "tf32"}, progress=False)
+    for name in fp32[0]:
+        np.testing.assert_array_equal(tf32[name], fp32[0][name])
+    compiled = measure_samples(model, s, x0, {**cfg, "compile": "aot_eager"}, progress=False)
+    for name in fp32[0]:
+        np.testing.assert_allclose(compiled[name], fp32[0][name], rtol=1e-5, err_msg=name)

@@ -11,6 +11,9 @@ Draw counts: ``measure.mc_samples`` (t, ε) draws for the loss and the ELBO (one
 ``measure.timestep_mc_samples`` ε draws for *each* timestep loss (5000 of each in the paper, appendix G.5), from
 their own stream and shared across the timesteps.
 
+Precision: ``measure.precision`` (fp32, tf32, bf16 autocast) and ``measure.compile`` apply to the U-Net's forward
+pass only; the terms and their means are computed in float32 (float64 for the means) at every setting.
+
 Batching: the forward passes run in batches of ``measure.batch_size`` draws that span samples and timesteps
 (:func:`_stream`), so a small per-sample or per-timestep draw count still fills the device; each draw's term is
 exactly what the per-sample computation with the same draws gives (to float rounding).
@@ -29,10 +32,11 @@ from scipy.stats import sem
 from tqdm.auto import tqdm
 
 from diffattr.diffusion import Schedule
-from diffattr.diffusion.ddpm import eps_fn
+from diffattr.diffusion.ddpm import EpsModel, eps_fn
 from diffattr.diffusion.draws import crn_draws, model_key, noisy, timestep_draws
 from diffattr.io import Artefact, read_h5
 from diffattr.measure import functions as F
+from diffattr.models import compile_unet, precision_context
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,19 @@ def _stream(pieces, bs: int, eps_model, schedule: Schedule, device, n_keys: int,
     return {k: {name: torch.cat(v) for name, v in d.items()} for k, d in done.items()}
 
 
+def _eps_at_precision(model: torch.nn.Module, precision: str, compile_option: bool | str,
+                      device: torch.device) -> EpsModel:
+    """The U-Net's ε-prediction at ``measure.precision`` (compiled with ``measure.compile``), returned in float32
+    so that the terms built from it (squared errors, Gaussian KLs) and their means are computed in float32."""
+    eps_model = eps_fn(compile_unet(model, compile_option))
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with precision_context(precision, device.type):
+            return eps_model(x, t).float()
+
+    return run
+
+
 def measure_samples(
     model: torch.nn.Module,
     schedule: Schedule,
@@ -125,7 +142,8 @@ def measure_samples(
     if "trajectory" in names and trajectories is None:
         raise ValueError("the trajectory measurement needs stored trajectories (sample.store_trajectories: true)")
     model = model.to(device).eval()
-    eps_model = eps_fn(model)
+    eps_model = _eps_at_precision(model, measure_cfg.get("precision", "fp32"), measure_cfg.get("compile", False),
+                                  torch.device(device))
     S, shape = samples.shape[0], tuple(samples.shape[1:])
     out: dict[str, list] = {}
     with torch.inference_mode():

@@ -7,6 +7,7 @@ mid-block with attention, dropout) at a size that trains in seconds to minutes o
 
 from __future__ import annotations
 
+import contextlib
 import stat
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,33 @@ def build_unet(name: str, **overrides: Any) -> UNet2DModel:
     if "in_channels" in overrides and "out_channels" not in overrides:
         cfg["out_channels"] = overrides["in_channels"]
     return UNet2DModel(**cfg)
+
+
+def precision_context(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """The numerics of a job's U-Net passes (``train.precision``, ``measure.precision``).
+
+    ``fp32``: strict float32. ``tf32``: TF32 matmuls and convolutions on CUDA (process-wide flags, set here; no
+    effect on a CPU). ``bf16``: the returned context autocasts matmuls and convolutions to bfloat16 (weights stay
+    float32; reductions that autocast keeps in float32 stay there).
+
+    Args:
+        precision: ``fp32``, ``tf32`` or ``bf16``.
+        device_type: ``cuda`` or ``cpu`` (``torch.device.type``).
+    """
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compile_unet(model: torch.nn.Module, option: bool | str) -> torch.nn.Module:
+    """``model`` compiled with ``torch.compile`` (``train.compile``, ``measure.compile``): ``True`` = inductor, a
+    string = that backend, ``False`` = ``model`` itself. The compiled module shares ``model``'s parameters."""
+    if not option:
+        return model
+    return torch.compile(model, backend="inductor" if option is True else option)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

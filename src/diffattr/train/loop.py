@@ -18,7 +18,6 @@ way (corrupt, truncated, or carrying pickled objects) is moved aside with a warn
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 from diffattr.diffusion import Schedule, ddpm_loss
 from diffattr.diffusion.ddpm import eps_fn
 from diffattr.io import atomic_path
+from diffattr.models import compile_unet, precision_context
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,6 @@ def model_spec(model_id: str, train_cfg: Mapping[str, Any], seeds: np.ndarray | 
         raise ValueError(f"model id {model_id!r} is outside the subsets file (seeds shape {shape})")
     steps = int(train_cfg["steps"] if down else train_cfg["subset_steps"])
     return ModelSpec(model_id, m, k, int(seeds[m, k]), steps, downweighted=down)
-
-
-def _set_precision(precision: str) -> None:
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -181,7 +175,7 @@ def train(
     """
     device = torch.device(device)
     cfg = dict(train_cfg)
-    _set_precision(cfg["precision"])
+    autocast = precision_context(cfg["precision"], device.type)
     fingerprint = run_fingerprint(model, data, schedule, cfg, seed, steps, weights)
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):  # dropout uses the global RNG: keep it local to this run
@@ -213,15 +207,8 @@ def train(
                 log.warning("discarded checkpoint %s: it was made for other inputs (training images, model, noise "
                             "schedule, train settings, seed or steps differ); starting from step 0", ckpt)
         ema.to(device)
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-            if cfg["precision"] == "bf16"
-            else contextlib.nullcontext()
-        )
         # torch.compile wraps the module without copying it: the state dicts stay those of ``model``
-        compiled = cfg.get("compile")
-        backend = "inductor" if compiled is True else compiled
-        eps_model = eps_fn(torch.compile(model, backend=backend) if compiled else model)
+        eps_model = eps_fn(compile_unet(model, cfg.get("compile", False)))
         n, bs = data.shape[0], cfg["batch_size"]
         bar = tqdm(total=steps, initial=start, desc="train", disable=not progress, mininterval=2)
         for step in range(start + 1, steps + 1):
