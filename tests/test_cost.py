@@ -43,18 +43,21 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     assert rules["train_model"]["gpu_hours"] == pytest.approx(133 * 32000 * 0.025 / 3600)
     assert rules["train_subset"]["max_job_hours"] == pytest.approx(5 * 16000 * 0.025 / 3600)
     assert rules["train_subset"]["gpu_hours"] == pytest.approx(500 * 16000 * 0.025 / 3600)
-    assert est["assumed_unit_costs"] == ["train_step_s[bf16+compile] = 0.025", "kfac_rotate_s_per_gradient = 0.01"]
+    assert est["assumed_unit_costs"] == ["train_step_s[bf16+compile] = 0.025",
+                                         "forward_s_per_image_at[bf16+compile] = 2.5e-05",
+                                         "kfac_rotate_s_per_gradient = 0.01"]
     assert "not measured by bench/unit_costs.py on a GPU yet: train_step_s[bf16+compile] = 0.025 (a test)" in \
         format_estimate(est)
     assert "kfac_rotate_s_per_gradient = 0.01 (another test)" in format_estimate(est)
     # measurement, 200 samples each: the full model and the fleet (501) everything (5000 loss/ELBO draws,
     # 7 timesteps x 1000, 1000 trajectory steps), the counterfactual runs (32) the loss, the down-weighted (100)
-    # the timestep losses
-    full, cf, down = 5000 + 7000 + 1000, 32 * 5000, 100 * 7000
-    assert rules["measure_model"]["gpu_hours"] == pytest.approx(200 * (full + cf + down) * 1e-4 / 3600)
-    assert rules["measure_subset"]["gpu_hours"] == pytest.approx(200 * 500 * full * 1e-4 / 3600)
-    assert rules["measure_subset"]["max_job_hours"] == pytest.approx(200 * 5 * full * 1e-4 / 3600)
-    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(601 * 200 * 7000 * 1e-4 / 3600)
+    # the timestep losses; every forward pass in bf16 + compile (measure.precision/compile), an assumed unit cost
+    full, cf, down, fwd = 5000 + 7000 + 1000, 32 * 5000, 100 * 7000, 2.5e-5
+    assert rules["measure_model"]["gpu_hours"] == pytest.approx(200 * (full + cf + down) * fwd / 3600)
+    assert rules["measure_subset"]["gpu_hours"] == pytest.approx(200 * 500 * full * fwd / 3600)
+    assert rules["measure_subset"]["max_job_hours"] == pytest.approx(200 * 5 * full * fwd / 3600)
+    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(601 * 200 * 7000 * fwd / 3600)
+    assert rules["sample_images"]["gpu_hours"] == pytest.approx(200 * 1000 * 1e-4 / 3600)  # the sampler: fp32
     assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for r in rules.values()))
     # K-FAC scores in 2 ranges of 100 samples: each int8 eigenbasis bank holds the first variant's 10 queries (loss,
     # elbo, trajectory, 7 timestep losses) and the other three variants' loss and elbo, one row of P bytes (plus a
@@ -88,7 +91,7 @@ def test_an_overlay_is_merged_over_its_experiment_as_snakemake_merges_it():
     assert head["timestep_oracles"]["gpu_hours"] == 0 and "downweight_ablation" not in head["rules"]
     assert head["rules"]["train_model"]["jobs"] == 33  # the full model and 32 counterfactual runs
     assert head["rules"]["train_subset"] == full["rules"]["train_subset"]  # the same fleet
-    measure = 200 * (5000 + 1000) * 1e-4 / 3600  # loss/ELBO draws and trajectory steps of one model
+    measure = 200 * (5000 + 1000) * 2.5e-5 / 3600  # loss/ELBO draws and trajectory steps of one model (bf16+compile)
     assert head["rules"]["measure_subset"]["gpu_hours"] == pytest.approx(500 * measure)
     assert head["total_gpu_hours"] < full["total_gpu_hours"] - full["timestep_oracles"]["gpu_hours"]
 
@@ -111,7 +114,7 @@ def test_oracles_are_priced_at_their_precision_measured_or_assumed(tmp_path, com
     assert (note in est["assumed_unit_costs"]) == compiled
     assert (f"{note} (a third test)" in format_estimate(est)) == compiled
     assert not any("forward" in a for a in base["assumed_unit_costs"])
-    overlay.write_text("measure: {precision: tf32}\n")
+    overlay.write_text("measure: {precision: tf32, compile: false}\n")
     with pytest.raises(ValueError, match="forward_s_per_image_at: 'tf32' has no reference unit cost"):
         estimate([REPO / "experiments/cifar2.yaml", overlay], REF, REPO / "Snakefile")
 
