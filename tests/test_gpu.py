@@ -35,6 +35,25 @@ def test_training_on_gpu_runs_and_learns(precision, compile):
     assert sum(losses[-10:]) < sum(losses[:10])
 
 
+@pytest.mark.parametrize("precision,compile", [("tf32", False), ("bf16", False), ("bf16", True)])
+def test_oracles_on_gpu_at_a_cheaper_precision_stay_close_to_fp32(precision, compile):
+    """measure.precision/measure.compile on CUDA (the CIFAR configs' bf16 + inductor): the oracles move by rounding
+    only, and the sampler's float32 is untouched."""
+    from diffattr.measure import measure_samples
+
+    s = Schedule.linear(100)
+    model = build_unet("unet_tiny").eval()
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    cfg = {"measurements": ["loss", "elbo", "timestep_loss"], "mc_samples": 64, "timestep_mc_samples": 16,
+           "timesteps": [1, 50], "batch_size": 128, "seed": 0}
+    ref = measure_samples(model, s, x0, cfg, device="cuda", progress=False)
+    got = measure_samples(model, s, x0, {**cfg, "precision": precision, "compile": compile}, device="cuda",
+                          progress=False)
+    for name in ("loss", "elbo", "timestep_loss"):
+        assert torch.allclose(torch.from_numpy(got[name]), torch.from_numpy(ref[name]), rtol=1e-2), name
+    assert not torch.backends.cuda.matmul.allow_tf32 or precision == "tf32"
+
+
 def test_compiled_bf16_training_on_gpu_resumes_exactly(tmp_path):
     """train.compile (inductor) with bf16 on CUDA: a run killed after a checkpoint continues the uninterrupted run's
     loss history (to float rounding: some CUDA kernels, e.g. atomics in backward passes, are not bit-deterministic)."""
