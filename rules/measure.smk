@@ -17,7 +17,7 @@ rule measure_model:
     resources:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
-        runtime=config["resources"]["gpu_runtime"],
+        runtime=config["resources"]["measure_runtime"],
     priority: CRITICAL_PATH
     log:
         logfile("measure_model/{model}"),
@@ -45,7 +45,7 @@ rule measure_subset:
     resources:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
-        runtime=SEEDS * config["resources"]["gpu_runtime"],
+        runtime=SEEDS * config["resources"]["measure_runtime"],
     log:
         logfile("measure_subset/{subset}"),
     benchmark:

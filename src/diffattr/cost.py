@@ -274,6 +274,7 @@ def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, An
             row["max_job_hours"] = max(row["max_job_hours"], s / 3600)
             # the wall-time limit the rule asks the cluster for (rules/*.smk: config key resources)
             key = {"train_model": "train_runtime", "train_subset": "train_runtime",
+                   "measure_model": "measure_runtime", "measure_subset": "measure_runtime",
                    "compute_kfac_scores": "kfac_scores_runtime"}.get(rule, "gpu_runtime")
             per_seed = rule in ("train_subset", "measure_subset")  # rules/*.smk ask for this much per seed
             row["runtime_limit_hours"] = cfg["resources"][key] / 60 * (cfg["subsets"]["seeds_per_subset"] if per_seed else 1)

@@ -77,13 +77,16 @@ def test_slurm_profile_requests_gpus_for_exactly_the_gpu_rules(workflow_dir: Pat
     assert not log.exists()  # a dry run submits nothing
     # every job of the DAG, as the profile resolves its resources: gpu=1 exactly for the GPU rules
     # and the CPUs that go with the GPU (cpus_per_gpu=8, --cpus-per-gpu) for each of them
-    gpu_by_rule = defaultdict(set)
+    gpu_by_rule, runtime_by_rule = defaultdict(set), defaultdict(set)
     rule = None
     for line in dry.stdout.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
             rule = m.group(1)
         elif line.strip().startswith("resources:") and rule != "all":
             gpu_by_rule[rule].add((bool(re.search(r"\bgpu=1\b", line)), bool(re.search(r"\bcpus_per_gpu=8\b", line))))
+            runtime_by_rule[rule].add(int(re.search(r"\bruntime=(\d+)", line).group(1)))
+    # wall time (minutes): measurements per model (resources.measure_runtime), the 5 seeds of a subset in one job
+    assert runtime_by_rule["measure_model"] == {60} and runtime_by_rule["measure_subset"] == {5 * 60}
     assert {r for r, v in gpu_by_rule.items() if any(gpu for gpu, _ in v)} == GPU_RULES
     assert all(len({gpu for gpu, _ in v}) == 1 for v in gpu_by_rule.values())
     # (a rule without a GPU in this experiment, attribute_queries here, gets --cpus-per-task: the plugin reads
