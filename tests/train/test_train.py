@@ -7,7 +7,7 @@ from diffattr.data import load_digits
 from diffattr.data.space import to_model_space
 from diffattr.diffusion import Schedule
 from diffattr.models import build_unet
-from diffattr.train import TrainingDiverged, model_spec, train
+from diffattr.train import TrainingDiverged, loop, model_spec, train
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +88,16 @@ def test_stale_checkpoint_after_the_data_changed_is_discarded(digits, tmp_path, 
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("change", ["schedule", "model"])
-def test_checkpoint_for_another_schedule_or_model_is_discarded(digits, tmp_path, change):
+@pytest.mark.parametrize("change", ["schedule", "model", "optimizer"])
+def test_checkpoint_for_another_schedule_or_model_is_discarded(digits, tmp_path, change, monkeypatch):
     c = cfg(checkpoint_every=2)
+    if change == "optimizer":  # a checkpoint of the optimizer implementation before (a Python loop, not fused)
+        monkeypatch.setattr(loop, "OPTIMIZER", "AdamW")
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(_Killed):
         train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=1, steps=6, checkpoint=ckpt,
               on_step=_kill_at(3), progress=False)
+    monkeypatch.undo()
     schedule = Schedule.linear(500) if change == "schedule" else Schedule.linear()
     model = build_unet("unet_tiny", dropout=0.0) if change == "model" else build_unet("unet_tiny")
     steps_run = []

@@ -107,16 +107,28 @@ def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator, device: torch
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+# torch's fused AdamW: one kernel for every parameter's update instead of a Python loop over ~100 tensors (the
+# default on a CPU); 9 % of a quickstart training step on this 2-core machine (53.1 vs 58.3 ms). Part of the run
+# fingerprint, since its updates differ from the loop's in the last bits.
+OPTIMIZER = "AdamW(fused)"
+
+
+def _adamw(model: torch.nn.Module, cfg: Mapping[str, Any], device: torch.device) -> torch.optim.AdamW:
+    fused = device.type in ("cpu", "cuda")  # where torch has the fused kernel (MPS: the default implementation)
+    return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=fused)
+
+
 def run_fingerprint(
     model: torch.nn.Module, data: torch.Tensor, schedule: Schedule, train_cfg: Mapping[str, Any], seed: int, steps: int,
     weights: torch.Tensor | None = None,
 ) -> str:
     """SHA-256 of everything that shapes a training run: the exact training tensor, the model's configuration and
-    parameter shapes, the noise schedule, the ``train`` section, the seed, the step count and the per-example loss
-    weights."""
+    parameter shapes, the noise schedule, the ``train`` section, the optimizer implementation, the seed, the step
+    count and the per-example loss weights."""
     h = hashlib.sha256()
     config = dict(getattr(model, "config", {}) or {})
     h.update(json.dumps({"train": dict(train_cfg), "seed": seed, "steps": steps, "model": config,
+                         "optimizer": OPTIMIZER,
                          "params": [(n, list(p.shape)) for n, p in model.named_parameters()],
                          "data_shape": list(data.shape)}, sort_keys=True, default=str).encode())
     h.update(data.detach().cpu().float().contiguous().numpy().tobytes())
@@ -186,7 +198,7 @@ def train(
         model.to(device).train()
         data = data.to(device)
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        opt = _adamw(model, cfg, device)
         sched = get_cosine_schedule_with_warmup(opt, int(round(cfg["warmup_fraction"] * steps)), steps)
         ema = EMAModel(model.parameters(), decay=cfg["ema_decay"], foreach=True)
         history: list[tuple[int, float, float]] = []
