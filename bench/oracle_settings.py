@@ -1,13 +1,15 @@
-"""Does a cheaper oracle precision change the science? Re-measure a finished study's models at another
-``measure.precision`` (and ``measure.compile``) and compare the oracles and every LDS with the study's own.
+"""Does a cheaper oracle change the science? Re-measure a finished study's models at another ``measure.precision``
+(and ``measure.compile``), or with fewer Monte-Carlo draws (``--set mc_samples=128``), and compare the oracles and
+every LDS with the study's own.
 
-    python bench/oracle_precision.py --study results/quickstart --precision bf16 [--compile aot_eager]
-    python bench/oracle_precision.py --study results/cifar2-mini --configfile experiments/cifar2-mini.yaml
+    python bench/oracle_settings.py --study results/quickstart --precision bf16 [--compile aot_eager]
+    python bench/oracle_settings.py --set mc_samples=128 --set timestep_mc_samples=24
+    python bench/oracle_settings.py --study results/cifar2-mini --configfile experiments/cifar2-mini.yaml
 
 The re-measurement and both LDS tables go through the pipeline's own stages (``measure_model``,
 ``gather_measurements``, ``compute_lds``) in a temporary folder: the study is not touched. The study's stored
 oracles are the reference; the first model is re-measured at the study's own setting first, to show that the stored
-numbers are reproduced (so every difference below is the precision's). Prints the oracles' relative change, the
+numbers are reproduced (so every difference below is the setting's). Prints the oracles' relative change, the
 Spearman correlation of the model-to-model differences the LDS reads (per sample, across the fleet), every
 (method, scores->target) LDS at the best damping under both, the largest change and the timings.
 
@@ -92,8 +94,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", type=Path, default=Path("results/quickstart"))
     ap.add_argument("--configfile", nargs="*", default=[], help="the study's experiment (and overlays), as Snakemake")
-    ap.add_argument("--precision", default="bf16", choices=["fp32", "tf32", "bf16"])
-    ap.add_argument("--compile", default="false", help="measure.compile: false, true or a backend (aot_eager)")
+    ap.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16"], help="default: the study's")
+    ap.add_argument("--compile", default=None, help="measure.compile: false, true or a backend (aot_eager); "
+                    "default: the study's")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another measure setting (YAML value), e.g. mc_samples=128; repeatable")
     ap.add_argument("--trajectories", type=int, default=0, help="also this many sampled trajectories (see above)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -103,14 +108,24 @@ def main() -> None:
     for f in args.configfile:
         merged = deep_merge(merged, yaml.safe_load(Path(f).read_text()) or {})
     cfg = load_config("config.yaml", merged)
-    compiled = {"false": False, "true": True}.get(args.compile, args.compile)
     device = select_device(cfg["device"])
     stored = read_measurements(args.study / "measurements/measurements.h5")
     ids = [str(m) for m in stored["model_id"]]
-    cheap = {**cfg["measure"], "precision": args.precision, "compile": compiled}
-    print(f"{args.study}: {len(ids)} models, {stored['loss'].shape[1]} samples, on {device}; reference "
-          f"measure.precision={cfg['measure']['precision']}, compile={cfg['measure']['compile']}; "
-          f"checked: precision={args.precision}, compile={compiled}", flush=True)
+    cheap = dict(cfg["measure"])
+    if args.precision is not None:
+        cheap["precision"] = args.precision
+    if args.compile is not None:
+        cheap["compile"] = {"false": False, "true": True}.get(args.compile, args.compile)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in cheap:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of measure's keys {sorted(cheap)}")
+        cheap[key] = yaml.safe_load(value)
+    changed = {k: (cfg["measure"][k], v) for k, v in cheap.items() if v != cfg["measure"][k]}
+    if not changed:
+        raise SystemExit("nothing to check: give --precision, --compile or --set with a value other than the study's")
+    print(f"{args.study}: {len(ids)} models, {stored['loss'].shape[1]} samples, on {device}; checked against the "
+          "study's own: " + ", ".join(f"measure.{k} {a} -> {b}" for k, (a, b) in changed.items()), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
