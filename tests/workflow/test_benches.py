@@ -1,8 +1,10 @@
-"""bench/oracle_settings.py on the smoke study: a re-measurement at the study's own settings reproduces the stored
-oracles bit for bit in a new process (the bench stops otherwise), and a cheaper setting is compared LDS by LDS."""
+"""Benches on the smoke study. bench/oracle_settings.py: a re-measurement at the study's own settings reproduces the
+stored oracles bit for bit in a new process (the bench stops otherwise), and a cheaper setting is compared LDS by
+LDS. bench/lds_budget.py: on all the study's subsets and samples it gives what compute_lds wrote."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -34,3 +36,20 @@ def test_an_unknown_or_unchanged_setting_is_refused(smoke_study):
     assert proc.returncode != 0 and "--set 'mc_draws=4'" in proc.stderr and "mc_samples" in proc.stderr
     proc = run_bench(smoke_study.parents[1], "--set", "mc_samples=8")
     assert proc.returncode != 0 and "nothing to check" in proc.stderr
+
+
+def test_lds_budget_on_the_whole_study_equals_its_lds_json(smoke_study):
+    proc = subprocess.run([sys.executable, str(REPO / "bench/lds_budget.py"), "--study", "results/smoke",
+                           "--subsets", "3", "--samples", "3", "6", "--draws", "2"],
+                          cwd=smoke_study.parents[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((smoke_study / "metrics/lds.json").read_text())
+    lines = {tuple(line.split()[:3]): line.split() for line in proc.stdout.splitlines()[2:]}
+    loss = [r for r in summary["results"] if r["scores"] == r["target"] == "loss"]
+    assert loss and len(lines) == 2 * (len(loss) + 1)
+    for r in loss:  # printed to 1 (mean) and 2 (s.e.) decimals
+        _, _, _, mean, sd, se = lines[(r["method"], "3", "3")]
+        assert abs(float(mean) - r["best"]["mean"] * 100) <= 0.051 and float(sd) == 0
+        assert abs(float(se) - r["best"]["se"] * 100) <= 0.0051
+        assert abs(float(lines[(r["method"], "3", "6")][5]) - r["best"]["se"] * 100 / 2 ** 0.5) <= 0.0051
+    assert abs(float(lines[("oracle", "3", "3")][3]) - summary["oracle"]["loss"]["mean"] * 100) <= 0.051
