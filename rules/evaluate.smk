@@ -112,7 +112,7 @@ rule evaluate_counterfactuals:
     input:
         removals=res("counterfactual/removals.h5"),
         full=res("measurements/models/full.h5"),
-        runs=expand(res("measurements/models/{model}.h5"), model=CF_MODELS),
+        runs=res("measurements/counterfactual.h5"),
     output:
         metrics=res("metrics/counterfactual.json"),
         figure=report(res("figures/counterfactual.png"), caption="../report/counterfactual.rst", category="Counterfactual"),

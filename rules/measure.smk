@@ -56,6 +56,34 @@ rule measure_subset:
         "../scripts/measure_subset.py"
 
 
+# every counterfactual run, on the samples it was retrained for, in one job (rules/evaluate.smk plans and reads them)
+rule measure_counterfactuals:
+    input:
+        models=[f for m in CF_MODELS for f in model_files(m)],
+        samples=res("samples/samples.h5"),
+        removals=res("counterfactual/removals.h5"),
+    output:
+        measurements=res("measurements/counterfactual.h5"),
+    params:
+        model_ids=CF_MODELS,
+        measure=config["measure"],
+        diffusion=config["diffusion"],
+        device=config["device"],
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=config["resources"]["measure_runtime"],
+    log:
+        logfile("measure_counterfactuals"),
+    benchmark:
+        benchmark("measure_counterfactuals")
+    conda:
+        ENV
+    script:
+        "../scripts/measure_counterfactuals.py"
+
+
 # measurements.h5: the full model and the retraining fleet; downweight.h5: the down-weighted fleet (Figs. 13/14).
 rule gather_measurements:
     input:

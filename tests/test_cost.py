@@ -32,9 +32,10 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
     est = estimate(REPO / "experiments/cifar2.yaml", REF, REPO / "Snakefile")
     rules = est["rules"]
     assert est["n_train"] == 5000
-    # the full model, 32 counterfactual runs and 100 down-weighted models (Figs. 13/14) one per job; the 100
-    # subsets' 5 seeds one job per subset
-    assert rules["train_model"]["jobs"] == 133 and rules["measure_model"]["jobs"] == 133
+    # the full model, 32 counterfactual runs and 100 down-weighted models (Figs. 13/14) one per job, but the
+    # counterfactual runs measured in one; the 100 subsets' 5 seeds one job per subset
+    assert rules["train_model"]["jobs"] == 133 and rules["measure_model"]["jobs"] == 101
+    assert rules["measure_counterfactuals"]["jobs"] == 1
     assert rules["train_subset"]["jobs"] == 100 and rules["measure_subset"]["jobs"] == 100
     assert rules["fit_curvature"]["jobs"] == 4 and "all" not in rules
     assert not rules["compute_lds"]["gpu"] and rules["compute_scores:clip"]["gpu"]
@@ -50,10 +51,12 @@ def test_cifar2_estimate_counts_the_dag_and_prices_each_rule():
         format_estimate(est)
     assert "kfac_rotate_s_per_gradient = 0.01 (another test)" in format_estimate(est)
     # measurement, 200 samples each: the full model and the fleet (501) everything (5000 loss/ELBO draws,
-    # 7 timesteps x 1000, 1000 trajectory steps), the counterfactual runs (32) the loss, the down-weighted (100)
-    # the timestep losses; every forward pass in bf16 + compile (measure.precision/compile), an assumed unit cost
-    full, cf, down, fwd = 5000 + 7000 + 1000, 32 * 5000, 100 * 7000, 2.5e-5
-    assert rules["measure_model"]["gpu_hours"] == pytest.approx(200 * (full + cf + down) * fwd / 3600)
+    # 7 timesteps x 1000, 1000 trajectory steps), the down-weighted (100) the timestep losses; the counterfactual
+    # runs the loss on their own sample (30 methods' runs: 5 samples x 3 methods x 2 fractions) or on those 5
+    # (2 random runs); every forward pass in bf16 + compile (measure.precision/compile), an assumed unit cost
+    full, down, fwd = 5000 + 7000 + 1000, 100 * 7000, 2.5e-5
+    assert rules["measure_model"]["gpu_hours"] == pytest.approx(200 * (full + down) * fwd / 3600)
+    assert rules["measure_counterfactuals"]["gpu_hours"] == pytest.approx((30 + 2 * 5) * 5000 * fwd / 3600)
     assert rules["measure_subset"]["gpu_hours"] == pytest.approx(200 * 500 * full * fwd / 3600)
     assert rules["measure_subset"]["max_job_hours"] == pytest.approx(200 * 5 * full * fwd / 3600)
     assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(601 * 200 * 7000 * fwd / 3600)

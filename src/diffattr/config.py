@@ -127,13 +127,11 @@ def gradient_mc_counts(influence: Mapping[str, Any]) -> list[int]:
 
 
 def model_measurements(config: Mapping[str, Any], model_id: str) -> list[str]:
-    """The measurements taken of one model: only what something reads from it. A counterfactual run (``cf<r>``)
-    serves only the loss (the counterfactual evaluation), a down-weighted one only the timestep losses (Figs.
-    13/14); the full model and the retraining fleet every one of ``measure.measurements``."""
+    """The measurements taken of one model: only what something reads from it. A down-weighted run serves only the
+    timestep losses (Figs. 13/14); the full model and the retraining fleet every one of ``measure.measurements``.
+    (The counterfactual runs are measured apart: :func:`diffattr.stages.measure.measure_counterfactuals`.)"""
     names = list(config["measure"]["measurements"])
-    keep = {"cf": {"loss"}, "downweight": {"timestep_loss"}}
-    prefix = next((p for p in keep if model_id.startswith(p)), None)
-    return names if prefix is None else [m for m in names if m in keep[prefix]]
+    return [m for m in names if m == "timestep_loss"] if model_id.startswith("downweight") else names
 
 
 def kfac_queries(config: Mapping[str, Any]) -> dict[str, list[str]]:

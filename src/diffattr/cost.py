@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diffattr.config import (
     attribute_image_count,
     deep_merge,
@@ -34,11 +36,12 @@ from diffattr.config import (
     model_measurements,
 )
 from diffattr.curvature import FlatEps, kfac_parameters
+from diffattr.evaluate.counterfactual import run_targets
 from diffattr.models import build_unet
 from diffattr.queries import query_names
 from diffattr.scores.bank import bank_row_bytes, plan_passes
 from diffattr.scores.influence import EIGEN_GROUP
-from diffattr.scores.registry import METHODS
+from diffattr.scores.registry import METHODS, counterfactual_plan
 from diffattr.scores.shards import shard_bounds
 from diffattr.scores.trak import TRAK_BLOCK
 
@@ -201,6 +204,10 @@ def job_seconds(
         per_sample = mcfg["mc_samples"] * bool(names & {"loss", "elbo"}) + T * ("trajectory" in names)
         return n_models * (S * per_sample * measure_forward_seconds(mcfg, ref)[0] +
                            timestep_oracle_seconds(cfg, ref, model))
+    if rule == "measure_counterfactuals":  # every run's loss, on the samples its evaluation reads
+        plan = {"sample": np.asarray([row["sample"] for row in counterfactual_plan(cfg)])}
+        n_measured = sum(len(on) for on in run_targets(plan, S))
+        return n_measured * mcfg["mc_samples"] * measure_forward_seconds(mcfg, ref)[0]
     if rule == "fit_curvature":
         name = wildcards["curvature"]
         approx = "expand" if name.endswith("expand") else "reduce"
@@ -275,6 +282,7 @@ def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, An
             # the wall-time limit the rule asks the cluster for (rules/*.smk: config key resources)
             key = {"train_model": "train_runtime", "train_subset": "train_runtime",
                    "measure_model": "measure_runtime", "measure_subset": "measure_runtime",
+                   "measure_counterfactuals": "measure_runtime",
                    "compute_kfac_scores": "kfac_scores_runtime"}.get(rule, "gpu_runtime")
             per_seed = rule in ("train_subset", "measure_subset")  # rules/*.smk ask for this much per seed
             row["runtime_limit_hours"] = cfg["resources"][key] / 60 * (cfg["subsets"]["seeds_per_subset"] if per_seed else 1)

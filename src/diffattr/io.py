@@ -37,6 +37,7 @@ PRODUCERS = [
     (r"data/subsets\.h5$", "make_subsets"),
     (r"samples/samples\.h5$", "sample_images"),
     (r"measurements/(measurements|downweight)\.h5$", "gather_measurements"),
+    (r"measurements/counterfactual\.h5$", "measure_counterfactuals"),
     (r"measurements/models/subset", "measure_subset"),
     (r"measurements/models/", "measure_model"),
     (r"curvature/", "fit_curvature"),

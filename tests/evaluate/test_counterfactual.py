@@ -8,6 +8,7 @@ import pytest
 from diffattr.config import validate_config
 from diffattr.evaluate.counterfactual import (
     removal_masks,
+    run_targets,
     summarize,
     top_fraction_removed,
 )
@@ -63,6 +64,10 @@ def test_summary_changes_and_standard_errors(tmp_path):
     random = summary["mean_change"]["0.3"]["random"]
     assert random["mean"] == pytest.approx(0.3) and random["se"] == pytest.approx(0.2) and random["n"] == 2
     assert summary["mean_change"]["0.3"]["m"]["mean"] == pytest.approx(0.275)
+    # each run is read only on its targets (what measure_counterfactuals measures; NaN elsewhere)
+    assert run_targets(rem, 2) == [[0, 1], [0], [1]]
+    runs[1][1], runs[2][0] = np.nan, np.nan
+    assert summarize(rem, full, runs) == summary
 
 
 def test_random_removals_alone_are_compared_on_every_sample(tmp_path):
@@ -74,6 +79,7 @@ def test_random_removals_alone_are_compared_on_every_sample(tmp_path):
     rem = read_h5(write_h5(tmp_path / "r.h5", {
         "masks": np.array([[True, False, True]]), "method": np.array(["random"]), "sample": np.array([-1]),
         "fraction": np.array([0.3]), "damping": np.array([np.nan])}))
+    assert run_targets(rem, 3) == [[0, 1, 2]]
     summary = summarize(rem, np.array([1.0, 2.0, 3.0]), [np.array([1.5, 2.0, 3.1])])
     assert [(r["sample"], round(r["change"], 6)) for r in summary["runs"]] == [(0, 0.5), (1, 0.0), (2, 0.1)]
     assert summary["mean_change"]["0.3"]["random"]["mean"] == pytest.approx(0.2)

@@ -1,9 +1,11 @@
 """train_subset / measure_subset: the seeds of one subset in one job, each model exactly as a job of its own
-would make it, and a job killed part-way loses no finished model."""
+would make it, and a job killed part-way loses no finished model; measure_counterfactuals: every run in one job, on
+its own samples, exactly as measuring it on all of them."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import h5py
@@ -13,10 +15,10 @@ import torch
 
 from diffattr.config import validate_config
 from diffattr.data.space import to_uint8
-from diffattr.io import write_h5
+from diffattr.io import read_h5, write_h5
 from diffattr.models import load_model
 from diffattr.stages.data import make_subsets, prepare_dataset
-from diffattr.stages.measure import measure_model, measure_subset
+from diffattr.stages.measure import measure_counterfactuals, measure_model, measure_subset
 from diffattr.stages.train import train_model, train_subset
 from diffattr.train import loop
 from tests.conftest import paths
@@ -115,3 +117,50 @@ def test_a_job_killed_after_its_first_model_does_not_train_it_again(study, tmp_p
     for name, p in first.items():
         torch.testing.assert_close(_weights(tmp_path / "models" / ids[0])[name], p, rtol=0, atol=0, msg=name)
     assert not list((tmp_path / "checkpoints").glob("*.pt"))
+
+
+@pytest.mark.parametrize("crn", [True, False])
+def test_counterfactual_runs_are_measured_on_their_samples_as_on_all(study, tmp_path, crn):
+    """Each run's loss on the samples its evaluation reads equals what measure_model gives there (the same draws:
+    common random numbers keyed by the sample's index, or the model's own), NaN on the others."""
+    root, cfg = study
+    ids = [f"subset0_seed{k}" for k in range(K)]
+    _train_subset(root, tmp_path, cfg, ids)  # stand-ins for retrained runs
+    samples = tmp_path / "samples.h5"
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    write_h5(samples, {"samples": x, "images": to_uint8(x)})
+    removals = write_h5(tmp_path / "removals.h5", {"sample": np.array([-1, 3, 1])})  # a random run, two methods'
+    runs = [ids[0], ids[1], ids[0]]
+    for r, m in enumerate(runs):  # run r: a copy of one of them, as models/cf{r}
+        shutil.copytree(tmp_path / "models" / m, tmp_path / "models" / f"cf{r}")
+    measure = {**cfg["measure"], "common_random_numbers": crn}
+    files = {m: [f for k in _outputs(tmp_path, [m]).values() for f in k] for m in ids}
+    out = tmp_path / "counterfactual.h5"
+    cf_files = [f for k in _outputs(tmp_path, ["cf0", "cf1", "cf2"]).values() for f in k]
+    measure_counterfactuals(paths(models=sorted(cf_files), samples=samples, removals=removals),
+                            paths(measurements=out), model_ids=["cf0", "cf1", "cf2"], measure=measure,
+                            diffusion=cfg["diffusion"], device="cpu")
+    got = read_h5(out)
+    assert got["loss"].shape == (3, 4) and got["model_id"].tolist() == ["cf0", "cf1", "cf2"]
+    for r, (model, on) in enumerate(zip(runs, [[1, 3], [3], [1]], strict=True)):
+        alone = tmp_path / f"alone{r}.h5"
+        measure_model(paths(model=files[model], samples=samples), paths(measurements=alone), model_id=f"cf{r}",
+                      measure={**measure, "measurements": ["loss"]}, diffusion=cfg["diffusion"], device="cpu")
+        ref = read_h5(alone)
+        np.testing.assert_allclose(got["loss"][r, on], ref["loss"][on], rtol=1e-6)
+        np.testing.assert_allclose(got["loss_se"][r, on], ref["loss_se"][on], rtol=1e-5)
+        assert np.isnan(np.delete(got["loss"][r], on)).all()
+    # two runs of one model differ only where their draws do: with common random numbers not at all
+    same = np.allclose(got["loss"][0, 1], got["loss"][2, 1], rtol=1e-6)
+    assert same == crn
+
+
+def test_counterfactual_measurement_refuses_a_plan_of_another_size(study, tmp_path):
+    root, cfg = study
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    write_h5(tmp_path / "samples.h5", {"samples": x, "images": to_uint8(x)})
+    removals = write_h5(tmp_path / "removals.h5", {"sample": np.array([-1, 0])})
+    with pytest.raises(ValueError, match="plans 2 counterfactual runs, but 1 models"):
+        measure_counterfactuals(paths(models=[str(tmp_path / "models/cf0/config.json")], samples=tmp_path / "samples.h5",
+                                      removals=removals), paths(measurements=tmp_path / "o.h5"), model_ids=["cf0"],
+                                measure=cfg["measure"], diffusion=cfg["diffusion"], device="cpu")

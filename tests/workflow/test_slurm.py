@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tests.conftest import run_snakemake
 
-GPU_RULES = {"train_model", "train_subset", "sample_images", "measure_model", "measure_subset", "fit_curvature", "compute_kfac_scores",
-             "compute_scores", "compute_kfac_grad_scores", "compression_ablation", "compute_features"}
+GPU_RULES = {"train_model", "train_subset", "sample_images", "measure_model", "measure_subset",
+             "measure_counterfactuals", "fit_curvature", "compute_kfac_scores", "compute_scores",
+             "compute_kfac_grad_scores", "compression_ablation", "compute_features"}
 STUBS = {
     # the plugin calls sbatch concurrently: the job-id counter is incremented under a lock (an unlocked
     # read-increment-write once printed no id under load, which made Snakemake give up submitting)

@@ -18,7 +18,7 @@ def test_profile_packs_small_jobs_and_gives_scoring_a_whole_gpu(workflow_dir):
         if rule and res:
             found = re.search(r"gpu=(\d+)", res.group(0))
             gpu.setdefault(rule.group(1), set()).add(int(found.group(1)) if found else 0)
-    for rule in ("train_model", "train_subset", "measure_model", "measure_subset"):
+    for rule in ("train_model", "train_subset", "measure_model", "measure_subset", "measure_counterfactuals"):
         assert gpu[rule] == {1}, rule  # four of them share one GPU
     for rule in ("compute_kfac_scores", "compute_features", "compute_scores", "fit_curvature"):
         assert gpu[rule] == {4}, rule

@@ -58,22 +58,27 @@ def removal_masks(
     return np.stack(masks), np.asarray(dampings)
 
 
+def run_targets(removals: Artefact, n_samples: int) -> list[list[int]]:
+    """The samples on which each run of ``removals.h5`` is evaluated (and so measured): a method's run on the
+    sample it was retrained for; a random run on every such sample, or on all ``n_samples`` when there are none
+    (only random runs, ``evaluate.counterfactual_samples: 0``)."""
+    chosen = sorted({int(s) for s in removals["sample"].tolist() if s >= 0}) or list(range(n_samples))
+    return [chosen if s < 0 else [int(s)] for s in removals["sample"].tolist()]
+
+
 def summarize(removals: Artefact, full_loss: np.ndarray, run_losses: Sequence[np.ndarray]) -> dict[str, Any]:
     """Change of the loss on each sample after retraining without each removal set (``counterfactual.json``).
 
     Args:
         removals: ``removals.h5`` (masks, method, sample, fraction per run).
         full_loss: The full model's loss on every sample ``[S]``.
-        run_losses: Each retrained model's loss on every sample ``[S]``, in run order.
+        run_losses: Each retrained model's loss ``[S]``, in run order (read on its :func:`run_targets` only).
     """
     rem, full = removals, full_loss
     rows = []
     fractions = sorted(set(rem["fraction"].tolist()))
-    # random removals are compared on the samples the methods were retrained for; with none (only random runs,
-    # evaluate.counterfactual_samples: 0), on every sample
-    samples = sorted(s for s in set(rem["sample"].tolist()) if s >= 0) or list(range(len(full)))
-    for r, (method, s, p) in enumerate(zip(rem["method"], rem["sample"], rem["fraction"], strict=True)):
-        targets = samples if s < 0 else [int(s)]
+    for r, (method, targets, p) in enumerate(zip(rem["method"], run_targets(rem, len(full)), rem["fraction"],
+                                                  strict=True)):
         for i in targets:
             rows.append({"method": str(method), "sample": i, "fraction": float(p),
                          "removed": int((~rem["masks"][r]).sum()),

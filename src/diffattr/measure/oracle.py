@@ -22,7 +22,7 @@ exactly what the per-sample computation with the same draws gives (to float roun
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +118,14 @@ def measure_samples(
     device: str | torch.device = "cpu",
     progress: bool = True,
     model_id: str | None = None,
+    sample_ids: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Compute the configured measurements for samples ``[S, C, H, W]`` under one model (inference mode).
 
     ``model_id`` seeds the model's own draws when ``measure.common_random_numbers`` is off (required then).
+    ``sample_ids``: the samples' indices in the study's ``samples.h5`` (default ``0..S-1``), which key their
+    Monte-Carlo draws; measuring a few of the samples with their ids gives what measuring all of them gives for
+    those (the counterfactual runs are measured so, on the samples they were retrained for).
 
     Returns:
         ``{name: [S]}`` (``timestep_loss``: ``[S, n_steps]``) and ``{name}_se`` Monte-Carlo standard errors.
@@ -145,13 +149,16 @@ def measure_samples(
     eps_model = _eps_at_precision(model, measure_cfg.get("precision", "fp32"), measure_cfg.get("compile", False),
                                   torch.device(device))
     S, shape = samples.shape[0], tuple(samples.shape[1:])
+    ids = list(range(S)) if sample_ids is None else [int(i) for i in sample_ids]
+    if len(ids) != S:
+        raise ValueError(f"sample_ids has {len(ids)} entries for {S} samples")
     out: dict[str, list] = {}
     with torch.inference_mode():
         if "loss" in names or "elbo" in names:
             # one forward pass serves loss and ELBO; the batches run across samples
             def loss_pieces():
                 for i in range(S):
-                    t_all, eps_all = crn_draws(seed, i, n, shape, T, key)
+                    t_all, eps_all = crn_draws(seed, ids[i], n, shape, T, key)
                     for c in range(0, n, bs):
                         yield i, samples[i], t_all[c : c + bs], eps_all[c : c + bs]
 
@@ -165,7 +172,7 @@ def measure_samples(
             # every (sample, timestep) in one stream of batches; a sample's ε draws are shared across its timesteps
             def step_pieces():
                 for i in range(S):
-                    eps = timestep_draws(seed, i, n_step_draws, shape, key)
+                    eps = timestep_draws(seed, ids[i], n_step_draws, shape, key)
                     for k, step in enumerate(steps):
                         for c in range(0, n_step_draws, bs):
                             part = eps[c : c + bs]

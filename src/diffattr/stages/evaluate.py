@@ -186,8 +186,9 @@ def select_counterfactuals(input: Paths, output: Paths, *, plan: Sequence[Mappin
 
 def evaluate_counterfactuals(input: Paths, output: Paths) -> None:
     """``metrics/counterfactual.json`` and its figure: the change of each sample's loss after retraining without
-    each removal set, against removing a random set of the same size."""
-    summary = summarize(read_h5(input.removals), read_h5(input.full)["loss"], [read_h5(p)["loss"] for p in input.runs])
+    each removal set (``runs``: ``measurements/counterfactual.h5``), against removing a random set of the same
+    size."""
+    summary = summarize(read_h5(input.removals), read_h5(input.full)["loss"], list(read_h5(input.runs)["loss"]))
     with atomic_path(output.metrics) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     figures.counterfactual_bars(summary, output.figure, output.data)

@@ -1,5 +1,5 @@
 """Stages of ``rules/measure.smk``: every generated sample measured under one model (or the seeds of one retraining
-subset), then all models gathered."""
+subset), then all models gathered; the counterfactual runs on the samples they were retrained for."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from diffattr.diffusion import Schedule
+from diffattr.evaluate.counterfactual import run_targets
 from diffattr.io import read_h5, read_json, write_h5
 from diffattr.measure import measure_samples
 from diffattr.models import load_model
@@ -41,10 +43,48 @@ def measure_subset(
 ) -> None:
     """The seeds of one retraining subset, one after the other in this process: ``measurements`` (a list in seed
     order) as :func:`measure_model` writes them; ``models`` holds the files of every seed's model."""
-    dirs = list(dict.fromkeys(Path(f).parent for f in input.models))  # one folder per model, in seed order
-    models = [[f for f in input.models if Path(f).parent == d] for d in dirs]
-    _measure_models(input.samples, list(zip(model_ids, models, output.measurements, strict=True)), measure,
-                    diffusion, device)
+    _measure_models(input.samples, list(zip(model_ids, _by_model(input.models), output.measurements, strict=True)),
+                    measure, diffusion, device)
+
+
+def measure_counterfactuals(
+    input: Paths, output: Paths, *, model_ids: Sequence[str], measure: Mapping[str, Any],
+    diffusion: Mapping[str, Any], device: str,
+) -> None:
+    """``measurements/counterfactual.h5``: the loss of every counterfactual run (``models``: their files, in run
+    order) on the samples its evaluation reads (:func:`diffattr.evaluate.counterfactual.run_targets`: a method's
+    run on its own sample), with the draws the full model's oracle used there. All runs in this one process: each
+    is a few samples' work, which a job of its own would spend mostly on starting.
+
+    Datasets: ``loss`` and ``loss_se`` ``[R, S]`` (NaN on the samples a run is not evaluated on), ``model_id``
+    ``[R]``.
+    """
+    device = select_device(device)
+    samples = torch.from_numpy(read_samples(input.samples)["samples"])
+    targets = run_targets(read_h5(input.removals), len(samples))
+    models = _by_model(input.models)
+    if not len(targets) == len(models) == len(model_ids):
+        raise ValueError(f"{input.removals} plans {len(targets)} counterfactual runs, but {len(models)} models "
+                         f"({len(model_ids)} ids) were given")
+    schedule = Schedule.from_config(diffusion)
+    loss_measure = {**measure, "measurements": ["loss"]}  # what the counterfactual evaluation reads
+    loss = np.full((len(models), len(samples)), np.nan)
+    loss_se = loss.copy()
+    for r, (model_id, files, on) in enumerate(zip(tqdm(model_ids, desc="measure counterfactual runs", mininterval=2),
+                                                  models, targets, strict=True)):
+        values = measure_samples(load_model(model_dir(files), device), schedule, samples[on], loss_measure,
+                                 device=device, progress=False, model_id=model_id, sample_ids=on)
+        loss[r, on], loss_se[r, on] = values["loss"], values["loss_se"]
+        log.info("%s loss on samples %s: %s", model_id, on, np.round(values["loss"], 5).tolist())
+    write_h5(output.measurements, {"loss": loss, "loss_se": loss_se, "model_id": np.asarray(model_ids)},
+             config={"measure": loss_measure, "diffusion": dict(diffusion)},
+             attrs={"common_random_numbers": bool(measure["common_random_numbers"])})
+
+
+def _by_model(files: Sequence[str]) -> list[list[str]]:
+    """Model files grouped by their folder (one per model), in input order."""
+    dirs = list(dict.fromkeys(Path(f).parent for f in files))
+    return [[f for f in files if Path(f).parent == d] for d in dirs]
 
 
 def _measure_models(samples_file: str, jobs: Sequence[tuple[str, Any, str]], measure: Mapping[str, Any],
