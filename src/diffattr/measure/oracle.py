@@ -36,7 +36,6 @@ from diffattr.diffusion.ddpm import EpsModel, eps_fn
 from diffattr.diffusion.draws import crn_draws, model_key, noisy, timestep_draws
 from diffattr.io import Artefact, read_h5
 from diffattr.measure import functions as F
-from diffattr.models import compile_unet, precision_context
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,10 @@ def _eps_at_precision(model: torch.nn.Module, precision: str, compile_option: bo
                       device: torch.device) -> EpsModel:
     """The U-Net's ε-prediction at ``measure.precision`` (compiled with ``measure.compile``), returned in float32
     so that the terms built from it (squared errors, Gaussian KLs) and their means are computed in float32."""
+    # imported here, not at the top: diffattr.models imports diffusers (3-4 s), which the CPU-only jobs that only
+    # read measurements.h5 (LDS, counterfactual selection and summary, figures) would otherwise pay at start-up
+    from diffattr.models import compile_unet, precision_context
+
     eps_model = eps_fn(compile_unet(model, compile_option))
 
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

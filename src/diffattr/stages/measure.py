@@ -16,7 +16,6 @@ from diffattr.diffusion import Schedule
 from diffattr.evaluate.counterfactual import run_targets
 from diffattr.io import read_h5, read_json, write_h5
 from diffattr.measure import measure_samples
-from diffattr.models import load_model
 from diffattr.runtime import select_device
 from diffattr.sampling import read_samples
 from diffattr.stages import Paths, model_dir
@@ -72,13 +71,22 @@ def measure_counterfactuals(
     loss_se = loss.copy()
     for r, (model_id, files, on) in enumerate(zip(tqdm(model_ids, desc="measure counterfactual runs", mininterval=2),
                                                   models, targets, strict=True)):
-        values = measure_samples(load_model(model_dir(files), device), schedule, samples[on], loss_measure,
+        values = measure_samples(_load(files, device), schedule, samples[on], loss_measure,
                                  device=device, progress=False, model_id=model_id, sample_ids=on)
         loss[r, on], loss_se[r, on] = values["loss"], values["loss_se"]
         log.info("%s loss on samples %s: %s", model_id, on, np.round(values["loss"], 5).tolist())
     write_h5(output.measurements, {"loss": loss, "loss_se": loss_se, "model_id": np.asarray(model_ids)},
              config={"measure": loss_measure, "diffusion": dict(diffusion)},
              attrs={"common_random_numbers": bool(measure["common_random_numbers"])})
+
+
+def _load(model_files: Sequence[str], device: torch.device) -> torch.nn.Module:
+    """The model whose files these are."""
+    # imported here, not at the top: diffattr.models imports diffusers (3-4 s at start-up), which gather_measurements,
+    # a CPU job on the way from the fleet to the LDS, does not need
+    from diffattr.models import load_model
+
+    return load_model(model_dir(model_files), device)
 
 
 def _by_model(files: Sequence[str]) -> list[list[str]]:
@@ -97,7 +105,7 @@ def _measure_models(samples_file: str, jobs: Sequence[tuple[str, Any, str]], mea
     schedule = Schedule.from_config(diffusion)
     for model_id, model_files, out_file in jobs:
         source = model_dir(model_files)
-        model = load_model(source, device)
+        model = _load(model_files, device)
         values = measure_samples(model, schedule, samples, measure, traj, device, model_id=model_id)
         info = read_json(source / "train_info.json")
         subset = -1 if info["subset"] is None else int(info["subset"])  # -1: full data or a counterfactual run
