@@ -66,7 +66,7 @@ rule measure_counterfactuals:
         measurements=res("measurements/counterfactual.h5"),
     params:
         model_ids=CF_MODELS,
-        measure=config["measure"],
+        measure={**config["measure"], "measurements": ["loss"]},  # what evaluate_counterfactuals reads
         diffusion=config["diffusion"],
         device=config["device"],
     threads: config["resources"]["threads"]

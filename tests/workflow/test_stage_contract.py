@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,13 @@ def test_error_messages_name_rules_that_exist(rules):
     from diffattr.io import PRODUCERS
 
     assert {rule for _, rule in PRODUCERS} <= set(rules)
+
+
+def test_jobs_that_only_read_artefacts_do_not_import_diffusers():
+    """The CPU jobs between the fleet and the counterfactual runs (gather_measurements, compute_lds, plot_figures,
+    select_counterfactuals) start without diffusers, which costs 3-4 s of every job's start-up (diffusers imports
+    its transformer classes, transformers and torch._dynamo); a top-level import of diffattr.models fails this."""
+    code = "import sys, diffattr.stages.evaluate, diffattr.stages.measure; print(sorted(m for m in sys.modules " \
+           "if m.split('.')[0] in ('diffusers', 'transformers')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
