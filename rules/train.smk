@@ -56,6 +56,7 @@ rule train_subset:
         gpu=1,
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=SEEDS * config["resources"]["train_runtime"],
+    priority: FLEET_TRAINING
     log:
         logfile("train_subset/{subset}"),
     benchmark:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -18,6 +20,21 @@ CONFIGS += [f"experiments/{p.parent.name}.yaml experiments/{p.parent.name}/{p.na
 def test_dry_run_every_config(workflow_dir, configfile):
     proc = run_snakemake(workflow_dir, "-n", "--cores", "1", "--configfile", *configfile.split())
     assert "prepare_dataset" in proc.stdout
+
+
+def test_priorities_run_the_chain_first_then_the_fleet_training(workflow_dir):
+    """The chain from the full model to the counterfactual retraining first, then the subsets' trainings, then
+    their measurements (rules/common.smk: CRITICAL_PATH, FLEET_TRAINING), read from the dry run's job list."""
+    out = run_snakemake(workflow_dir, "-n", "--cores", "2").stdout
+    priority: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            found = re.search(r"^\s+priority: (\d+)$", block, re.M)
+            priority.setdefault(rule.group(1), set()).add(int(found.group(1)) if found else 0)
+    chain = ["train_model", "sample_images", "fit_curvature", "compute_kfac_scores", "compute_scores"]
+    assert min(min(priority[r]) for r in chain) > max(priority["train_subset"]), priority
+    assert min(priority["train_subset"]) > max(priority["measure_subset"]), priority
 
 
 def test_lint_is_clean(workflow_dir):
