@@ -39,6 +39,12 @@ CRITICAL_PATH = 10
 FLEET_TRAINING = 1
 
 
+def model_priority(fleet):
+    """Priority of a {model} job (train_model, measure_model): the full model and the counterfactual runs are on
+    the chain; the down-weighted fleet (ablations, Figs. 13/14) is a fleet like the subsets' and gets ``fleet``."""
+    return lambda wildcards: fleet if wildcards.model.startswith("downweight") else CRITICAL_PATH
+
+
 # Model ids: "full" (the whole training set), "subset{m}_seed{k}" (subset m of subsets.h5, its k-th seed),
 # "downweight{m}_seed{k}" (all data, the examples outside subset m down-weighted) and "cf{r}" (counterfactual run r).
 wildcard_constraints:

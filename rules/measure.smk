@@ -18,7 +18,7 @@ rule measure_model:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["measure_runtime"],
-    priority: CRITICAL_PATH
+    priority: model_priority(0)
     log:
         logfile("measure_model/{model}"),
     benchmark:

@@ -23,7 +23,7 @@ rule train_model:
         gpu=1,
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
-    priority: CRITICAL_PATH
+    priority: model_priority(FLEET_TRAINING)
     log:
         logfile("train_model/{model}"),
     benchmark:

@@ -22,19 +22,35 @@ def test_dry_run_every_config(workflow_dir, configfile):
     assert "prepare_dataset" in proc.stdout
 
 
-def test_priorities_run_the_chain_first_then_the_fleet_training(workflow_dir):
-    """The chain from the full model to the counterfactual retraining first, then the subsets' trainings, then
-    their measurements (rules/common.smk: CRITICAL_PATH, FLEET_TRAINING), read from the dry run's job list."""
-    out = run_snakemake(workflow_dir, "-n", "--cores", "2").stdout
-    priority: dict[str, set[int]] = {}
+def _priorities(workflow_dir, *args: str) -> dict[str, dict[str, int]]:
+    """``{rule: {wildcards: priority}}`` from the dry run's job list (a job without a printed priority has 0)."""
+    out = run_snakemake(workflow_dir, "-n", "--cores", "2", *args).stdout
+    priority: dict[str, dict[str, int]] = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
         rule = re.match(r"(?:local)?rule (\w+):", block)
         if rule:
             found = re.search(r"^\s+priority: (\d+)$", block, re.M)
-            priority.setdefault(rule.group(1), set()).add(int(found.group(1)) if found else 0)
-    chain = ["train_model", "sample_images", "fit_curvature", "compute_kfac_scores", "compute_scores"]
-    assert min(min(priority[r]) for r in chain) > max(priority["train_subset"]), priority
-    assert min(priority["train_subset"]) > max(priority["measure_subset"]), priority
+            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+            priority.setdefault(rule.group(1), {})[wildcards.group(1) if wildcards else ""] = (
+                int(found.group(1)) if found else 0)
+    return priority
+
+
+def test_priorities_run_the_chain_first_then_the_fleets_training(workflow_dir):
+    """The chain from the full model to the counterfactual retraining first, then the fleets' trainings, then their
+    measurements (rules/common.smk: CRITICAL_PATH, FLEET_TRAINING, model_priority)."""
+    quick = _priorities(workflow_dir)
+    chain = [quick[r][w] for r in ("train_model", "sample_images", "fit_curvature", "compute_kfac_scores",
+                                   "compute_scores") for w in quick[r]]
+    assert min(chain) > max(quick["train_subset"].values()), quick
+    assert min(quick["train_subset"].values()) > max(quick["measure_subset"].values()), quick
+    # the ablations' down-weighted models are a fleet, trained and measured by the {model} rules
+    abl = _priorities(workflow_dir, "--configfile", "experiments/ablations.yaml")
+    assert abl["train_model"]["model=full"] == max(chain)
+    downweight = {w: p for w, p in abl["train_model"].items() if w.startswith("model=downweight")}
+    assert len(downweight) == 16 and set(downweight.values()) == set(abl["train_subset"].values()), abl
+    measured = {w: p for w, p in abl["measure_model"].items() if w.startswith("model=downweight")}
+    assert len(measured) == 16 and set(measured.values()) == set(abl["measure_subset"].values()), abl
 
 
 def test_lint_is_clean(workflow_dir):
