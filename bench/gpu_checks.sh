@@ -1,21 +1,80 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent GPU machine (README, "GPU checks"): the gpu-marked tests and the CLIP
-# tests (open_clip imports there), the training-throughput and unit-cost benchmarks, and bench/influence.py and
-# bench/oracle_settings.py (bf16 + inductor oracles) on the quickstart (needs results/quickstart after make run).
-# Writes its outputs to $OUT (default out/).
-# Where the project's environment is not installed, wheels in .whl/ are installed to /tmp/site first.
+# The GPU checks, in phases, for a lent GPU machine (docs/benchmarks.md, "A GPU session"):
+#
+#   bash bench/gpu_checks.sh tests costs     # gpu-marked and CLIP tests; training throughput; unit costs (2 presets)
+#   bash bench/gpu_checks.sh fleet           # bench/fleet.py: models per hour with 1, 2, 4, 8 jobs on the GPU
+#   bash bench/gpu_checks.sh cifar2-mini     # experiments/cifar2-mini.yaml end to end (profiles/workstation)
+#   bash bench/gpu_checks.sh oracles         # bench/oracle_settings.py (bf16 + compiled oracles) on that study
+#   bash bench/gpu_checks.sh smoke           # imports and Snakemake dry runs only (seconds; also on a CPU)
+#
+# Where the project's environment is not installed (the lent machines: no registry, no ../shared), run `python
+# bench/gpu_bundle.py` here first and carry .gpu: its wheels are installed to /tmp/site and its CIFAR-10 copy is
+# used in place of ../shared/datasets. Each phase writes $OUT/<phase>.log (default OUT=out) and stops at its own
+# time limit (seconds; DIFFATTR_GPU_LIMITS="costs=300 fleet=200" overrides), so one call returns within the sum.
 set -o pipefail
 OUT="${OUT:-out}"; mkdir -p "$OUT"
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="$PWD/src:/tmp/site:$PWD"
-fi
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/env.txt"
-python3 -c "import torch, diffusers, curvlinops, trak; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'curvlinops', curvlinops.__version__)" 2>&1 | tail -2 | tee -a "$OUT/env.txt"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/scores/test_clip.py 2>&1 | tail -25 | tee "$OUT/pytest.txt"
-timeout 120 python3 bench/train_throughput.py 2>&1 | tee "$OUT/train_throughput.txt"
-timeout 150 python3 bench/unit_costs.py --json "$OUT/cost_reference.json" 2>&1 | tail -30 | tee "$OUT/unit_costs.txt"
-timeout 90 python3 bench/influence.py 2>&1 | tail -20 | tee "$OUT/influence.txt"
-timeout 150 python3 bench/oracle_settings.py --precision bf16 --compile true --trajectories 16 2>&1 | tail -40 | tee "$OUT/oracle_precision.txt"
-echo "gpu checks done"
+declare -A LIMIT=([smoke]=120 [tests]=100 [costs]=360 [fleet]=120 [cifar2-mini]=540 [oracles]=300)
+for kv in ${DIFFATTR_GPU_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done
+PHASES=("$@"); [ ${#PHASES[@]} -gt 0 ] || PHASES=(tests costs)
+for p in "${PHASES[@]}"; do
+    [ -n "${LIMIT[$p]:-}" ] || { echo "gpu_checks: unknown phase '$p' (smoke, tests, costs, fleet, cifar2-mini, oracles)" >&2; exit 2; }
+done
+
+CONFIGS=()
+if [ -d .gpu/whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
+    export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"
+fi
+if [ -f .gpu/datasets/cifar10-jpeg.tar.gz ] && [ ! -f ../shared/datasets/cifar10-jpeg.tar.gz ]; then
+    printf 'data:\n  path: %s\n' "$PWD/.gpu/datasets/cifar10-jpeg.tar.gz" > /tmp/gpu_data.yaml
+    CONFIGS=(/tmp/gpu_data.yaml)  # after the experiment's own file: only data.path changes
+fi
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+    python3 -c "import sys, torch, diffattr.stages.train; from importlib.metadata import version as v; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), *(f'{p} {v(p)}' for p in ('diffusers', 'curvlinops-for-pytorch', 'traker', 'snakemake', 'transformers', 'numpy')))"
+} 2>&1 | tee "$OUT/env.txt" || exit 1
+
+study() {  # snakemake on experiments/$1.yaml (+ the data overlay) with the workstation profile: one GPU, 4 jobs on it
+    DIFFATTR_GPUS="${DIFFATTR_GPUS:-0}" DIFFATTR_JOBS_PER_GPU="${DIFFATTR_JOBS_PER_GPU:-4}" \
+        python3 -m snakemake --profile profiles/workstation --configfile "experiments/$1.yaml" "${CONFIGS[@]}" "${@:2}"
+}
+
+phase() {
+    local p=$1 lim=${LIMIT[$1]}
+    echo "== $p (limit ${lim} s) $(date -u +%H:%M:%S)"
+    case $p in
+    smoke)
+        python3 -c "import diffattr.stages.train, diffattr.stages.measure, diffattr.stages.influence, diffattr.stages.baselines, diffattr.stages.evaluate, diffattr.stages.attribute, diffattr.cost" &&
+        timeout "$lim" python3 -m snakemake -n -q --cores 1 &&
+        study cifar2-mini -n -q ;;
+    tests)
+        timeout "$lim" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/scores/test_clip.py ;;
+    costs)  # the training step per precision; the unit costs of cifar2-mini's U-Net (never measured on a GPU), then
+            # of the paper's (its JSON stops where the limit cuts it: an incomplete one is refused by diffattr.cost)
+        timeout 60 python3 bench/train_throughput.py
+        timeout $(((lim - 60) * 45 / 100)) python3 bench/unit_costs.py --preset unet_cifar_small --json "$OUT/cost_reference_unet_cifar_small.json" | tail -40
+        timeout $(((lim - 60) * 55 / 100)) python3 bench/unit_costs.py --preset ddpm_cifar --json "$OUT/cost_reference.json" | tail -40
+        python3 -m diffattr.cost experiments/cifar2-mini.yaml --reference "$OUT/cost_reference_unet_cifar_small.json"
+        python3 -m diffattr.cost experiments/cifar2.yaml --reference "$OUT/cost_reference.json"
+        true ;;
+    fleet)
+        timeout "$lim" python3 bench/fleet.py --config experiments/cifar2-mini.yaml --jobs 1 2 4 8 ;;
+    cifar2-mini)  # the wall time is Snakemake's "Elapsed time"; metrics, logs and benchmarks come back as one archive
+        local t0=$SECONDS
+        timeout "$lim" bash -c "$(declare -p CONFIGS); $(declare -f study); study cifar2-mini"
+        echo "cifar2-mini: rc $? after $((SECONDS - t0)) s"
+        tar czf "$OUT/cifar2-mini.tgz" results/cifar2-mini/metrics results/cifar2-mini/benchmarks results/cifar2-mini/logs \
+            results/cifar2-mini/figures .snakemake/log 2>/dev/null
+        true ;;
+    oracles)
+        timeout "$lim" python3 bench/oracle_settings.py --study results/cifar2-mini --configfile experiments/cifar2-mini.yaml \
+            "${CONFIGS[@]}" --precision bf16 --compile true | tail -40 ;;
+    esac
+    echo "== $p done (rc $?) $(date -u +%H:%M:%S)"
+}
+
+for p in "${PHASES[@]}"; do
+    phase "$p" 2>&1 | tee "$OUT/$p.log"
+done
+echo "gpu checks done: ${PHASES[*]}"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from diffattr.config import load_config
@@ -165,6 +169,20 @@ def test_reference_mismatch_and_unknown_size_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="model.preset is 'unet_tiny'"):
         estimate(REPO / "experiments/smoke.yaml", REF, REPO / "Snakefile")
     assert n_train({"data": {"source": "image_folder", "classes": None, "per_class": None}}) is None
+
+
+def test_a_reference_cut_short_is_refused_naming_what_it_lacks(tmp_path):
+    """bench/unit_costs.py writes its JSON after every measurement: a run stopped at its time limit leaves a file
+    with the first units only, which the estimate refuses by name rather than failing on a KeyError."""
+    partial = {k: v for k, v in load_reference().items() if k in ("preset", "train_batch", "train_step_s")}
+    path = tmp_path / "units.json"
+    path.write_text(json.dumps(partial))
+    with pytest.raises(ValueError, match=f"{path} has no forward_s_per_image, gradient_s_per_example_draw, "):
+        load_reference(path)
+    proc = subprocess.run([sys.executable, "-m", "diffattr.cost", "experiments/cifar2.yaml", "--reference", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("diffattr.cost: ") and "Traceback" not in proc.stderr
+    assert "projection_dim: bench/unit_costs.py stopped before measuring them" in proc.stderr
 
 
 def test_shipped_reference_is_complete():

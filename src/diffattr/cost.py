@@ -49,8 +49,21 @@ REFERENCE_FILE = Path(__file__).with_name("cost_reference.json")
 CIFAR10_PER_CLASS = 5000  # training images per class of CIFAR-10
 
 
+# What every estimate reads from the unit costs (bench/unit_costs.py writes them in this order, so a run cut short
+# lacks the last ones); the optional ones (kfac_rotate_s_per_gradient, forward_s_per_image_at, ...) may be assumed.
+REQUIRED_UNITS = ["preset", "train_batch", "train_step_s", "forward_s_per_image", "gradient_s_per_example_draw",
+                  "kfac_fit_expand_s_per_example_draw", "kfac_eig_expand_s", "kfac_fit_reduce_s_per_example_draw",
+                  "kfac_eig_reduce_s", "project_s_per_gradient", "project_batch", "projection_dim"]
+
+
 def load_reference(path: str | Path = REFERENCE_FILE) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """Unit costs (``bench/unit_costs.py --json``); refuses a file that lacks some, naming them."""
+    ref = json.loads(Path(path).read_text())
+    missing = [k for k in REQUIRED_UNITS if k not in ref]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)}: bench/unit_costs.py stopped before measuring them "
+                         "(run it to the end, or pass a complete file with --reference)")
+    return ref
 
 
 def n_train(cfg: Mapping[str, Any]) -> int | None:
@@ -95,9 +108,10 @@ def _files(configfiles: str | Path | Sequence[str | Path]) -> list[str]:
 def dry_run_jobs(configfiles: str | Path | Sequence[str | Path],
                  snakefile: str | Path = "Snakefile") -> list[tuple[str, dict[str, str]]]:
     """The jobs ``snakemake -n`` would run for ``configfiles`` (merged in order): ``[(rule, wildcards)]``."""
-    exe = Path(sys.executable).with_name("snakemake")
     files = _files(configfiles)
-    proc = subprocess.run([str(exe), "-n", "--cores", "1", "--snakefile", str(snakefile), "--configfile", *files],
+    # `python -m snakemake`, not the script beside the interpreter: wheels installed with --target (the lent GPU
+    # machines, bench/gpu_checks.sh) put the script elsewhere
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(snakefile), "--configfile", *files],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"snakemake -n --configfile {' '.join(files)} failed:\n{proc.stderr[-3000:]}")
@@ -357,7 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reference", default=str(REFERENCE_FILE), help="unit costs (bench/unit_costs.py --json)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
-    est = estimate(args.configfile, load_reference(args.reference))
+    try:
+        est = estimate(args.configfile, load_reference(args.reference))
+    except ValueError as err:  # a unit-cost file that is incomplete or for another preset: the message says which
+        raise SystemExit(f"diffattr.cost: {err}") from None
     print(json.dumps(est, indent=2) if args.json else format_estimate(est))
 
 
