@@ -9,9 +9,10 @@ wheels, pinned to the versions of this project's environment, and the offline CI
     # then, through the device tool: carry [".gpu"], command "bash bench/gpu_checks.sh tests costs fleet"
 
 The packages of the machine's image are listed below (the lending workplace's notes on that image, read
-2026-11-17); a package in that list is not carried, so the image's version is the one used there. ``--python-version
-3.11`` packs wheels for this machine instead, which is how the bundle is checked on a CPU (``tests/test_gpu_bundle.py``
-checks the closure; a full check installs them into a bare environment, docs/benchmarks.md says how).
+2026-11-17); a package in that list is not carried, so the image's version is the one used there.
+``tests/workflow/test_gpu_bundle.py`` checks that the closure is complete. ``--python-version 3.11`` packs wheels
+for this machine instead: installed into a bare environment holding only the image's packages, they check the
+install itself on a CPU (docs/benchmarks.md, "A GPU session").
 """
 
 from __future__ import annotations
