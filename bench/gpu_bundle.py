@@ -1,12 +1,12 @@
 """Pack what a lent GPU machine lacks into ``.gpu/`` (git-ignored), for ``bash bench/gpu_checks.sh`` there.
 
-The GPU machines this project is lent (README, "GPU checks") reach no package registry and see neither this
+The GPU machines this project is lent (docs/benchmarks.md, "A GPU session") reach no package registry and see neither this
 checkout's ``.venv`` nor ``../shared``. Their image holds Python 3.12 with torch and most of the scientific stack;
 what diffattr needs beyond it (diffusers, snakemake, traker, curvlinops, jsonschema and their own needs) travels as
 wheels, pinned to the versions of this project's environment, and the offline CIFAR-10 copy travels beside them:
 
     python bench/gpu_bundle.py                     # here, with the project's .venv: writes .gpu/whl, .gpu/datasets
-    # then, through the device tool: carry [".gpu"], command "bash bench/gpu_checks.sh tests costs fleet"
+    # then, through the device tool, carrying [".gpu"]: "bash bench/gpu_checks.sh tests costs", then "... fleet"
 
 The packages of the machine's image are listed below (the lending workplace's notes on that image, read
 2026-11-17); a package in that list is not carried, so the image's version is the one used there.
