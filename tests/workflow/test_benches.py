@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 BENCH = [sys.executable, str(REPO / "bench/oracle_settings.py"), "--study", "results/smoke",
@@ -53,3 +55,20 @@ def test_lds_budget_on_the_whole_study_equals_its_lds_json(smoke_study):
         assert abs(float(se) - r["best"]["se"] * 100) <= 0.0051
         assert abs(float(lines[(r["method"], "3", "6")][5]) - r["best"]["se"] * 100 / 2 ** 0.5) <= 0.0051
     assert abs(float(lines[("oracle", "3", "3")][3]) - summary["oracle"]["loss"]["mean"] * 100) <= 0.051
+
+
+def test_fleet_bench_times_rounds_that_start_training_together():
+    """bench/fleet.py (the packed fleet's measurement on a GPU): every round's jobs train the same steps from one
+    common start, and models per hour and the ratio to one job follow from that training time."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench/fleet.py"), "--config", "config.yaml", "--jobs", "1", "2",
+                           "--steps", "2", "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unet_tiny at 8x8, batch 64, fp32; 2 steps per model" in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\s+[12]\s", line)]
+    assert [r[0] for r in rows] == ["1", "2"], proc.stdout
+    per_hour = []
+    for jobs, train_s, job_s, models_h, _, wall_s in rows:
+        assert 0 < float(job_s) <= float(train_s) + 0.01 < float(wall_s)  # start-ups outside the training time
+        assert float(models_h) == pytest.approx(int(jobs) * 3600 / float(train_s), rel=0.02)
+        per_hour.append(float(models_h))
+    assert rows[0][4] == "1.00x" and float(rows[1][4][:-1]) == pytest.approx(per_hour[1] / per_hour[0], abs=0.01)
