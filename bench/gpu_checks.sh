@@ -14,7 +14,7 @@
 set -o pipefail
 OUT="${OUT:-out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-declare -A LIMIT=([smoke]=120 [tests]=100 [costs]=360 [fleet]=120 [cifar2-mini]=540 [oracles]=300)
+declare -A LIMIT=([smoke]=120 [tests]=100 [costs]=360 [fleet]=150 [cifar2-mini]=540 [oracles]=300)
 for kv in ${DIFFATTR_GPU_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done
 PHASES=("$@"); [ ${#PHASES[@]} -gt 0 ] || PHASES=(tests costs)
 for p in "${PHASES[@]}"; do
@@ -24,6 +24,9 @@ done
 CONFIGS=()
 if [ -d .gpu/whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
+fi
+# the wheels installed by this call or an earlier one on the same (warm) machine, where python3 lacks the packages
+if [ -d /tmp/site/diffusers ] && ! python3 -c "import diffusers, snakemake" 2>/dev/null; then
     export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"
 fi
 if [ -f .gpu/datasets/cifar10-jpeg.tar.gz ] && [ ! -f ../shared/datasets/cifar10-jpeg.tar.gz ]; then
