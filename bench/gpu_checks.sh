@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_checks.sh tests costs     # gpu-marked and CLIP tests; training throughput; unit costs (2 presets)
 #   bash bench/gpu_checks.sh fleet           # bench/fleet.py: models per hour with 1, 2, 4, 8 jobs on the GPU
+#   bash bench/gpu_checks.sh fleet-mps       # the same under CUDA MPS (the jobs' kernels may then run concurrently)
 #   bash bench/gpu_checks.sh cifar2-mini     # experiments/cifar2-mini.yaml end to end (profiles/workstation)
 #   bash bench/gpu_checks.sh oracles         # bench/oracle_settings.py (bf16 + compiled oracles) on that study
 #   bash bench/gpu_checks.sh smoke           # imports and Snakemake dry runs only (seconds; also on a CPU)
@@ -14,11 +15,11 @@
 set -o pipefail
 OUT="${OUT:-out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-declare -A LIMIT=([smoke]=120 [tests]=100 [costs]=360 [fleet]=150 [cifar2-mini]=540 [oracles]=300)
+declare -A LIMIT=([smoke]=120 [tests]=100 [costs]=360 [fleet]=150 [fleet-mps]=150 [cifar2-mini]=540 [oracles]=300)
 for kv in ${DIFFATTR_GPU_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done
 PHASES=("$@"); [ ${#PHASES[@]} -gt 0 ] || PHASES=(tests costs)
 for p in "${PHASES[@]}"; do
-    [ -n "${LIMIT[$p]:-}" ] || { echo "gpu_checks: unknown phase '$p' (smoke, tests, costs, fleet, cifar2-mini, oracles)" >&2; exit 2; }
+    [ -n "${LIMIT[$p]:-}" ] || { echo "gpu_checks: unknown phase '$p' (smoke, tests, costs, fleet, fleet-mps, cifar2-mini, oracles)" >&2; exit 2; }
 done
 
 CONFIGS=()
@@ -63,6 +64,15 @@ phase() {
         true ;;
     fleet)
         timeout "$lim" python3 bench/fleet.py --config experiments/cifar2-mini.yaml --jobs 1 2 4 8 ;;
+    fleet-mps)  # the control daemon in its own directories, quit at the end (the GPU's settings are not touched)
+        if ! command -v nvidia-cuda-mps-control >/dev/null; then
+            echo "fleet-mps: nvidia-cuda-mps-control is not installed"
+        else
+            export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+            mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+            nvidia-cuda-mps-control -d && timeout "$lim" python3 bench/fleet.py --config experiments/cifar2-mini.yaml --jobs 1 2 4 8
+            echo quit | nvidia-cuda-mps-control
+        fi ;;
     cifar2-mini)  # the wall time is Snakemake's "Elapsed time"; metrics, logs and benchmarks come back as one archive
         local t0=$SECONDS
         timeout "$lim" bash -c "$(declare -p CONFIGS); $(declare -f study); study cifar2-mini"
