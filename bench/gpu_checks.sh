@@ -15,7 +15,7 @@
 set -o pipefail
 OUT="${OUT:-out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-declare -A LIMIT=([smoke]=120 [tests]=100 [costs]=360 [fleet]=150 [fleet-mps]=150 [cifar2-mini]=540 [oracles]=300)
+declare -A LIMIT=([smoke]=120 [tests]=120 [costs]=360 [fleet]=150 [fleet-mps]=150 [cifar2-mini]=540 [oracles]=300)
 for kv in ${DIFFATTR_GPU_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done
 PHASES=("$@"); [ ${#PHASES[@]} -gt 0 ] || PHASES=(tests costs)
 for p in "${PHASES[@]}"; do
@@ -57,8 +57,8 @@ phase() {
     costs)  # the training step per precision; the unit costs of cifar2-mini's U-Net (never measured on a GPU), then
             # of the paper's (its JSON stops where the limit cuts it: an incomplete one is refused by diffattr.cost)
         timeout 60 python3 bench/train_throughput.py
-        timeout $(((lim - 60) * 45 / 100)) python3 bench/unit_costs.py --preset unet_cifar_small --json "$OUT/cost_reference_unet_cifar_small.json" | tail -40
-        timeout $(((lim - 60) * 55 / 100)) python3 bench/unit_costs.py --preset ddpm_cifar --json "$OUT/cost_reference.json" | tail -40
+        timeout $(((lim - 60) * 55 / 100)) python3 bench/unit_costs.py --preset unet_cifar_small --json "$OUT/cost_reference_unet_cifar_small.json" | tail -40
+        timeout $(((lim - 60) * 45 / 100)) python3 bench/unit_costs.py --preset ddpm_cifar --json "$OUT/cost_reference.json" | tail -40
         python3 -m diffattr.cost experiments/cifar2-mini.yaml --reference "$OUT/cost_reference_unet_cifar_small.json"
         python3 -m diffattr.cost experiments/cifar2.yaml --reference "$OUT/cost_reference.json"
         true ;;
