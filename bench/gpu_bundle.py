@@ -56,7 +56,8 @@ wrapt xarray xxhash yarl zipp""".split()
 
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
-DATASET = Path("../shared/datasets/cifar10-jpeg.tar.gz")
+REPO = Path(__file__).resolve().parents[1]
+DATASET = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"  # ../shared beside the checkout
 
 
 def normalize(name: str) -> str:
@@ -112,7 +113,7 @@ def download(pins: dict[str, str], dest: Path, python_version: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(".gpu"))
+    ap.add_argument("--out", type=Path, default=REPO / ".gpu", help="default: .gpu in the checkout (git-ignored)")
     ap.add_argument("--python-version", default="3.12", help="the GPU machine's Python (3.11: a check here)")
     ap.add_argument("--no-dataset", action="store_true", help="wheels only")
     ap.add_argument("--list", action="store_true", help="print the pinned packages and stop")
