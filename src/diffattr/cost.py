@@ -111,8 +111,8 @@ def dry_run_jobs(configfiles: str | Path | Sequence[str | Path],
     files = _files(configfiles)
     # `python -m snakemake`, not the script beside the interpreter: wheels installed with --target (the lent GPU
     # machines, bench/gpu_checks.sh) put the script elsewhere
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(snakefile), "--configfile", *files],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(snakefile),
+                           "--configfile", *files], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"snakemake -n --configfile {' '.join(files)} failed:\n{proc.stderr[-3000:]}")
     jobs: list[tuple[str, dict[str, str]]] = []
