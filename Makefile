@@ -6,12 +6,14 @@ PIP         := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 STAMP       := $(VENV)/.installed
 CORES       ?= all
-# Experiment for restore/resume/estimate: quickstart (config.yaml) or the name of a file in experiments/; for
+# Experiment for restore/resume/estimate/spent: quickstart (config.yaml) or the name of a file in experiments/; for
 # estimate/resume also an experiment and its overlays, merged in order (EXP="cifar2 cifar2/headline").
 EXP         ?= quickstart
 EXP_CONFIG  := $(if $(filter quickstart,$(EXP)),config.yaml,$(foreach e,$(EXP),experiments/$(e).yaml))
+# Its results folder's name: the `experiment` key of the last file that sets one (an overlay renames its study).
+EXP_NAME     = $(lastword $(shell sed -n 's/^experiment: *//p' $(EXP_CONFIG)))
 
-.PHONY: install run resume test test-all lint bench lock clean restore estimate
+.PHONY: install run resume test test-all lint bench lock clean restore estimate spent
 
 $(STAMP): pyproject.toml requirements/base.txt requirements/nodeps.txt $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,10 @@ restore: $(STAMP)
 ## Jobs per rule and estimated GPU-hours of an experiment (dry run; reference timings in diffattr.cost).
 estimate: $(STAMP)
 	$(PY) -m diffattr.cost $(EXP_CONFIG)
+
+## What a run of an experiment cost, by rule (job-seconds from results/<experiment>/benchmarks/).
+spent: $(STAMP)
+	$(PY) -m diffattr.cost --spent results/$(EXP_NAME)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts bench

@@ -77,6 +77,7 @@ phase() {
         local t0=$SECONDS
         timeout "$lim" bash -c "$(declare -p CONFIGS); $(declare -f study); study cifar2-mini"
         echo "cifar2-mini: rc $? after $((SECONDS - t0)) s"
+        python3 -m diffattr.cost --spent results/cifar2-mini  # GPU-slot seconds by rule, also of a run cut short
         tar czf "$OUT/cifar2-mini.tgz" results/cifar2-mini/metrics results/cifar2-mini/benchmarks results/cifar2-mini/logs \
             results/cifar2-mini/figures .snakemake/log 2>/dev/null
         true ;;

@@ -5,6 +5,10 @@ On a GPU it also prints the ratio to the reference for the paper preset (one H20
 0.062 s/step TF32, 0.168 s strict fp32, 0.046 s bf16 + torch.compile).
 
     python bench/train_throughput.py [--steps 5] [--cifar-batch 128]
+    python bench/train_throughput.py --presets unet_tiny --batch 64 --precisions fp32 bf16 fp32+compile --threads 1
+                                     (the quickstart's training step, as one of its jobs runs it)
+    python bench/train_throughput.py --ops --presets unet_tiny unet_small unet_cifar_small ddpm_cifar
+                                     (aten operations per step: what sets the step time where launches dominate)
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def time_step(preset: str, batch: int, precision: str, device: torch.device, ste
     model = build_unet(preset).to(device).train()
     net = compile_unet(model, bool(compiled))
     size, c = model.config.sample_size, model.config.in_channels
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as diffattr.train.loop
     ema = EMAModel(model.parameters(), decay=0.999, foreach=True)
     ema.to(device)
     schedule = Schedule.linear()
@@ -58,20 +62,55 @@ def time_step(preset: str, batch: int, precision: str, device: torch.device, ste
     return (time.perf_counter() - t0) / steps
 
 
+def count_ops(preset: str) -> int:
+    """aten operations in one training step of ``preset`` (forward, backward, clipping, AdamW) on the CPU, batch 2:
+    about the kernels a GPU launches per step, which set the step time of a launch-bound model."""
+    from torch.profiler import profile
+
+    model = build_unet(preset).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    size, c = model.config.sample_size, model.config.in_channels
+    x, t = torch.rand(2, c, size, size) * 2 - 1, torch.randint(1000, (2,))
+
+    def step() -> None:
+        loss = ddpm_loss(eps_fn(model), Schedule.linear(), x, t, torch.randn_like(x))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    step()
+    with profile() as prof:
+        step()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on GPU, 5 on CPU)")
     ap.add_argument("--cifar-batch", type=int, default=None, help="batch for ddpm_cifar (default 128 GPU, 8 CPU)")
+    ap.add_argument("--batch", type=int, default=32, help="batch for the small presets")
+    ap.add_argument("--presets", nargs="+", default=["unet_tiny", "unet_small", "ddpm_cifar"])
+    ap.add_argument("--precisions", nargs="+", default=None,
+                    help="fp32, tf32, bf16, each with +compile (default: all four on a GPU, fp32 and bf16 on a CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--ops", action="store_true", help="count the aten operations of a step of each preset instead")
     args = ap.parse_args()
+    if args.ops:
+        for preset in args.presets:
+            print(f"{preset:<17} {count_ops(preset):>6} aten operations per training step")
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     steps = args.steps or (20 if gpu else 5)
-    precisions = ["fp32", "tf32", "bf16", "bf16+compile"] if gpu else ["fp32", "bf16"]
+    precisions = args.precisions or (["fp32", "tf32", "bf16", "bf16+compile"] if gpu else ["fp32", "bf16"])
     name = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; {steps} timed steps after 1 warm-up")
     print(f"{'preset':<11} {'params':>10} {'batch':>5} {'precision':<12} {'s/step':>8} {'steps/s':>8} {'images/s':>9} {'vs H200 ref':>11}")
-    for preset in ["unet_tiny", "unet_small", "ddpm_cifar"]:
-        batch = (args.cifar_batch or (128 if gpu else 8)) if preset == "ddpm_cifar" else 32
+    for preset in args.presets:
+        batch = (args.cifar_batch or (128 if gpu else 8)) if preset == "ddpm_cifar" else args.batch
         for precision in precisions:
             s = time_step(preset, batch, precision, device, steps)
             ref = ""

@@ -12,11 +12,13 @@ from diffattr.config import load_config
 from diffattr.cost import (
     estimate,
     format_estimate,
+    format_spent,
     job_seconds,
     kfac_bank,
     kfac_parameter_count,
     load_reference,
     n_train,
+    spent,
 )
 from tests.conftest import REPO
 
@@ -213,3 +215,50 @@ def test_a_registered_method_is_priced_from_its_registry_entry():
         (5000 * 250 + query_draws) * 2e-3)
     assert job_seconds("compute_scores", {"method": "trak"}, cfg, REF) == pytest.approx(
         query_draws * 2e-3 + 10 * 0.32)  # plus one projector call per query set
+
+
+BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def write_benchmark(path, *rows):
+    """A Snakemake ``benchmark:`` file: one row (wall s, max RSS MB, CPU s) per repeat."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(BENCH_HEADER + "".join(f"{s}\t0:00:01\t{rss}\t1\t1\t1\t0\t0\t90\t{cpu}\n" for s, rss, cpu in rows))
+
+
+def test_spent_sums_the_benchmark_files_by_rule(tmp_path):
+    bench = tmp_path / "results/x/benchmarks"
+    write_benchmark(bench / "train_model/full.tsv", (40.0, 600.0, 39.0))
+    for r, s in enumerate((30.0, 34.0)):
+        write_benchmark(bench / f"train_model/cf{r}.tsv", (s, 500.0, s - 1))
+    write_benchmark(bench / "train_subset/0.tsv", (80.0, 610.0, 79.0))
+    write_benchmark(bench / "train_subset/11.tsv", (70.0, "NA", 69.0))
+    write_benchmark(bench / "sample_images.tsv", (10.0, 400.0, 9.0), (12.0, 420.0, 11.0))  # two repeats: the mean
+    run = spent(tmp_path / "results/x")
+    assert run["jobs"] == 6 and run["seconds"] == pytest.approx(40 + 30 + 34 + 80 + 70 + 11)
+    tm = run["rules"]["train_model"]
+    assert (tm["jobs"], tm["seconds"], tm["max_s"], tm["max_rss_mb"], tm["kinds"]) == \
+        (3, 104.0, 40.0, 600.0, {"cf#": 2, "full": 1})
+    ts = run["rules"]["train_subset"]
+    assert (ts["jobs"], ts["max_rss_mb"], ts["cpu_s"], ts["kinds"]) == (2, 610.0, 148.0, {"#": 2})
+    assert run["rules"]["sample_images"] == {"jobs": 1, "seconds": 11.0, "max_s": 11.0, "max_rss_mb": 420.0,
+                                             "cpu_s": 10.0, "kinds": {"-": 1}}
+    table = format_spent(run).splitlines()
+    assert table[0].startswith(f"{tmp_path / 'results/x'}: 6 jobs, 265 job-seconds (4.4 min")
+    assert table[2].split()[:3] == ["train_subset", "2", "150.0"]  # the largest first
+    assert table[3].endswith("cf# x2, full x1") and table[2].endswith("610")  # one number per job: no kinds
+
+
+def test_spent_refuses_a_run_without_benchmarks(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path / 'benchmarks'}: no benchmark files"):
+        spent(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks/odd.tsv").write_text("a\tb\n1\t2\n")
+    with pytest.raises(ValueError, match="odd.tsv: not a Snakemake benchmark file"):
+        spent(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "diffattr.cost", "--spent", str(tmp_path / "none")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("diffattr.cost: ") and "no benchmark files" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "diffattr.cost"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "or --spent RESULTS" in proc.stderr

@@ -3,6 +3,7 @@ unit costs measured on reference hardware (``cost_reference.json``, written by `
 
     python -m diffattr.cost experiments/cifar2.yaml        (or: make estimate EXP=cifar2)
     python -m diffattr.cost experiments/cifar2.yaml experiments/cifar2/headline.yaml   (an overlay, merged in order)
+    python -m diffattr.cost --spent results/quickstart     (what a run cost, by rule; or: make spent EXP=quickstart)
 
 The per-job model counts the network evaluations each rule performs (training steps, forward passes, per-example
 gradients, K-FAC passes, projections) from the merged config and multiplies them by the measured unit costs; it
@@ -15,6 +16,7 @@ costed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
@@ -111,8 +113,9 @@ def dry_run_jobs(configfiles: str | Path | Sequence[str | Path],
     files = _files(configfiles)
     # `python -m snakemake`, not the script beside the interpreter: wheels installed with --target (the lent GPU
     # machines, bench/gpu_checks.sh) put the script elsewhere
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(snakefile),
-                           "--configfile", *files], capture_output=True, text=True)
+    # --forceall: the whole study, also where part of it has run (an estimate to set beside what a run spent)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "--snakefile",
+                           str(snakefile), "--configfile", *files], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"snakemake -n --configfile {' '.join(files)} failed:\n{proc.stderr[-3000:]}")
     jobs: list[tuple[str, dict[str, str]]] = []
@@ -365,17 +368,105 @@ def format_estimate(est: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _benchmark_row(path: Path) -> dict[str, float | None]:
+    """Wall and CPU seconds (the mean of its rows, one per repeat) and peak RSS in MB (the largest) of one Snakemake
+    ``benchmark:`` file; None where Snakemake could not measure (``NA``)."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows or "s" not in rows[0]:
+        raise ValueError(f"{path}: not a Snakemake benchmark file (no column 's')")
+
+    def values(column: str) -> list[float]:
+        return [float(r[column]) for r in rows if r.get(column) not in (None, "", "NA", "-")]
+
+    s, rss, cpu = values("s"), values("max_rss"), values("cpu_time")
+    return {"s": sum(s) / len(s) if s else None, "max_rss": max(rss, default=None),
+            "cpu_time": sum(cpu) / len(cpu) if cpu else None}
+
+
+def spent(results: str | Path) -> dict[str, Any]:
+    """What a run cost, job by job: the ``benchmark:`` files Snakemake wrote under ``results/<exp>/benchmarks/``
+    (``<rule>.tsv`` or ``<rule>/<wildcards>.tsv``), summed by rule.
+
+    The measured counterpart of :func:`estimate`, for a finished or a partial run. A job's wall seconds include its
+    process start and imports, which the estimate leaves out. Within a rule, jobs are also counted by their wildcard
+    values with every number replaced by ``#`` (``train_model``: ``full`` x1, ``cf#`` x8), so that kinds of job show.
+
+    Returns:
+        ``{"results", "jobs", "seconds", "rules": {rule: {"jobs", "seconds", "max_s", "max_rss_mb", "cpu_s",
+        "kinds": {pattern: jobs}}}}``.
+    """
+    bench = Path(results) / "benchmarks"
+    files = sorted(bench.rglob("*.tsv")) if bench.is_dir() else []
+    if not files:
+        raise ValueError(f"{bench}: no benchmark files (the study has not run there, or its rules wrote none)")
+    rules: dict[str, dict[str, Any]] = {}
+    for f in files:
+        parts = f.relative_to(bench).with_suffix("").parts
+        rule, kind = parts[0], re.sub(r"\d+", "#", "/".join(parts[1:])) or "-"
+        b = _benchmark_row(f)
+        row = rules.setdefault(rule, {"jobs": 0, "seconds": 0.0, "max_s": 0.0, "max_rss_mb": None, "cpu_s": 0.0,
+                                      "kinds": {}})
+        row["jobs"] += 1
+        row["seconds"] += b["s"] or 0.0
+        row["max_s"] = max(row["max_s"], b["s"] or 0.0)
+        row["cpu_s"] += b["cpu_time"] or 0.0
+        if b["max_rss"] is not None:
+            row["max_rss_mb"] = max(row["max_rss_mb"] or 0.0, b["max_rss"])
+        row["kinds"][kind] = row["kinds"].get(kind, 0) + 1
+    return {"results": str(results), "jobs": sum(r["jobs"] for r in rules.values()),
+            "seconds": sum(r["seconds"] for r in rules.values()), "rules": rules}
+
+
+def format_spent(run: Mapping[str, Any], est: Mapping[str, Any] | None = None) -> str:
+    """The table of :func:`spent`, largest rule first; with an :func:`estimate` of the same experiment, its
+    seconds per rule beside the measured ones (rules the estimate prices but the run did not reach show as 0 jobs)."""
+    total = run["seconds"]
+    head = (f"{run['results']}: {run['jobs']} jobs, {total:,.0f} job-seconds ({total / 60:.1f} min of one core or GPU "
+            "slot; wall seconds of each job, start-up included)")
+    cols = f"{'rule':<26} {'jobs':>5} {'seconds':>9} {'share':>6} {'mean s':>7} {'longest s':>9} {'max RSS MB':>10}"
+    estimated: dict[str, float] = {}
+    if est is not None:
+        cols += f" {'estimated s':>11}"
+        for key, r in est["rules"].items():
+            if r["gpu"]:
+                rule = key.split(":")[0]
+                estimated[rule] = estimated.get(rule, 0.0) + r["gpu_hours"] * 3600
+    lines = [head, cols + "  jobs by wildcards"]
+    rows = dict(run["rules"])
+    for rule in estimated.keys() - rows.keys():
+        rows[rule] = {"jobs": 0, "seconds": 0.0, "max_s": 0.0, "max_rss_mb": None, "kinds": {}}
+    for rule, r in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"]):
+        rss = f"{r['max_rss_mb']:.0f}" if r["max_rss_mb"] is not None else "-"
+        mean = f"{r['seconds'] / r['jobs']:.1f}" if r["jobs"] else "-"
+        line = (f"{rule:<26} {r['jobs']:>5} {r['seconds']:>9.1f} {100 * r['seconds'] / total:>5.1f}% {mean:>7} "
+                f"{r['max_s']:>9.1f} {rss:>10}")
+        if est is not None:
+            line += f" {estimated[rule]:>11.1f}" if rule in estimated else f" {'CPU' if rule in est['rules'] else '-':>11}"
+        kinds = r["kinds"]  # shown where they tell jobs apart: not for one number per job (train_subset/<m>)
+        lines.append(line + ("  " + ", ".join(f"{k} x{n}" for k, n in kinds.items()) if set(kinds) - {"-", "#"} else ""))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("configfile", nargs="+", help="experiment config, e.g. experiments/cifar2.yaml, and overlays")
+    ap.add_argument("configfile", nargs="*", help="experiment config, e.g. experiments/cifar2.yaml, and overlays")
     ap.add_argument("--reference", default=str(REFERENCE_FILE), help="unit costs (bench/unit_costs.py --json)")
+    ap.add_argument("--spent", metavar="RESULTS", help="what a run cost, by rule, from its benchmark files, e.g. "
+                    "results/quickstart (with configfile: the estimate's seconds beside them)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
+    if not args.configfile and not args.spent:
+        ap.error("give an experiment config to estimate, or --spent RESULTS, or both")
     try:
-        est = estimate(args.configfile, load_reference(args.reference))
-    except ValueError as err:  # a unit-cost file that is incomplete or for another preset: the message says which
-        raise SystemExit(f"diffattr.cost: {err}") from None
-    print(json.dumps(est, indent=2) if args.json else format_estimate(est))
+        run = spent(args.spent) if args.spent else None
+        est = estimate(args.configfile, load_reference(args.reference)) if args.configfile else None
+    except ValueError as err:  # a unit-cost file that is incomplete or for another preset, no benchmark files: the
+        raise SystemExit(f"diffattr.cost: {err}") from None  # message says which
+    if args.json:
+        print(json.dumps({"estimate": est, "spent": run} if run and est else run or est, indent=2))
+    else:
+        print(format_spent(run, est) if run else format_estimate(est))
 
 
 if __name__ == "__main__":

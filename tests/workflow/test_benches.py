@@ -72,3 +72,17 @@ def test_fleet_bench_times_rounds_that_start_training_together():
         assert float(models_h) == pytest.approx(int(jobs) * 3600 / float(train_s), rel=0.02)
         per_hour.append(float(models_h))
     assert rows[0][4] == "1.00x" and float(rows[1][4][:-1]) == pytest.approx(per_hour[1] / per_hour[0], abs=0.01)
+
+
+def test_train_throughput_times_the_chosen_presets_and_counts_their_operations():
+    bench = [sys.executable, str(REPO / "bench/train_throughput.py"), "--presets", "unet_tiny"]
+    proc = subprocess.run([*bench, "--batch", "4", "--precisions", "fp32", "bf16", "--steps", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("unet_tiny")]
+    assert [(r[2], r[3]) for r in rows] == [("4", "fp32"), ("4", "bf16")]
+    assert all(float(r[4]) > 0 and float(r[6]) == pytest.approx(4 / float(r[4]), rel=0.01) for r in rows)
+    proc = subprocess.run([*bench, "unet_small", "--ops"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ops = dict(re.findall(r"^(\w+)\s+(\d+) aten operations per training step$", proc.stdout, re.M))
+    assert set(ops) == {"unet_tiny", "unet_small"} and 1000 < int(ops["unet_tiny"]) < int(ops["unet_small"])

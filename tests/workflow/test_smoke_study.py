@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
@@ -245,3 +246,25 @@ def test_attribute_queries_rule_reuses_the_study_and_matches_its_scores(smoke_st
     for i in range(2):
         with Image.open(out / f"query_{i}.png") as im:
             assert im.width > 100
+
+
+def test_what_the_run_spent_is_set_beside_its_estimate(smoke_study):
+    """`python -m diffattr.cost --spent` reads every benchmark file of the run; with the experiment's config it
+    prices the same rules (the whole study: the dry run forces every job, also after the run)."""
+    from diffattr.cost import estimate, format_spent, spent
+    from tests.test_cost import REF
+
+    files = sorted((smoke_study / "benchmarks").rglob("*.tsv"))
+    run = spent(smoke_study)
+    assert run["jobs"] == len(files) and run["rules"]["train_subset"]["jobs"] == M
+    assert run["seconds"] == pytest.approx(sum(float(f.read_text().splitlines()[1].split("\t")[0]) for f in files))
+    assert run["rules"]["train_model"]["kinds"]["full"] == 1
+    est = estimate(smoke_study.parents[1] / "experiments/smoke.yaml", {**REF, "preset": "unet_tiny"},
+                   smoke_study.parents[1] / "Snakefile")
+    assert est["rules"]["train_subset"]["jobs"] == M  # the finished study's jobs all counted
+    table = {line.split()[0]: line.split() for line in format_spent(run, est).splitlines()[2:]}
+    step = REF["train_step_s"][SMOKE["train"]["precision"]] * SMOKE["train"]["batch_size"] / REF["train_batch"]
+    priced = M * K * SMOKE["train"]["subset_steps"] * step  # the reference's step, scaled to the smoke batch
+    assert float(table["train_subset"][7]) == pytest.approx(priced, abs=0.05)
+    assert set(table) == set(run["rules"])  # every benchmarked rule is a GPU rule, priced by the estimate
+    assert all(float(row[7]) >= 0 for row in table.values())
