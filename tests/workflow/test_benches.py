@@ -69,7 +69,9 @@ def test_fleet_bench_times_rounds_that_start_training_together():
     per_hour = []
     for jobs, train_s, job_s, models_h, _, wall_s in rows:
         assert 0 < float(job_s) <= float(train_s) + 0.01 < float(wall_s)  # start-ups outside the training time
-        assert float(models_h) == pytest.approx(int(jobs) * 3600 / float(train_s), rel=0.02)
+        # models/h = jobs x 3600 / training time, checked against train s as printed (2 decimals): at 2 steps a
+        # round trains for a fraction of a second, so a relative tolerance would depend on the machine's speed
+        assert int(jobs) * 3600 / float(models_h) == pytest.approx(float(train_s), abs=0.0051)
         per_hour.append(float(models_h))
     assert rows[0][4] == "1.00x" and float(rows[1][4][:-1]) == pytest.approx(per_hour[1] / per_hour[0], abs=0.01)
 
@@ -81,7 +83,8 @@ def test_train_throughput_times_the_chosen_presets_and_counts_their_operations()
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("unet_tiny")]
     assert [(r[2], r[3]) for r in rows] == [("4", "fp32"), ("4", "bf16")]
-    assert all(float(r[4]) > 0 and float(r[6]) == pytest.approx(4 / float(r[4]), rel=0.01) for r in rows)
+    for r in rows:  # images/s = batch / (s/step), against s/step as printed (4 decimals), whatever the speed
+        assert float(r[4]) > 0 and 4 / float(r[6]) == pytest.approx(float(r[4]), abs=0.000051)
     proc = subprocess.run([*bench, "unet_small", "--ops"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ops = dict(re.findall(r"^(\w+)\s+(\d+) aten operations per training step$", proc.stdout, re.M))
