@@ -458,11 +458,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.configfile and not args.spent:
         ap.error("give an experiment config to estimate, or --spent RESULTS, or both")
+    # a unit-cost file that is incomplete or for another preset, a run without benchmark files: the message says which
     try:
         run = spent(args.spent) if args.spent else None
         est = estimate(args.configfile, load_reference(args.reference)) if args.configfile else None
-    except ValueError as err:  # a unit-cost file that is incomplete or for another preset, no benchmark files: the
-        raise SystemExit(f"diffattr.cost: {err}") from None  # message says which
+    except ValueError as err:
+        raise SystemExit(f"diffattr.cost: {err}") from None
     if args.json:
         print(json.dumps({"estimate": est, "spent": run} if run and est else run or est, indent=2))
     else:
