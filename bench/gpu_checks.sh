@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, in phases, for a lent GPU machine (docs/benchmarks.md, "A GPU session"):
 #
-#   bash bench/gpu_checks.sh tests costs     # gpu-marked and CLIP tests; training throughput; unit costs (2 presets)
+#   bash bench/gpu_checks.sh tests costs     # gpu-marked and CLIP tests; CUDA graphs' speed-up; unit costs (2 presets)
 #   bash bench/gpu_checks.sh fleet           # bench/fleet.py: models per hour with 1, 2, 4, 8 jobs on the GPU
 #   bash bench/gpu_checks.sh fleet-mps       # the same under CUDA MPS (the jobs' kernels may then run concurrently)
 #   bash bench/gpu_checks.sh cifar2-mini     # experiments/cifar2-mini.yaml end to end (profiles/workstation)
@@ -15,7 +15,7 @@
 set -o pipefail
 OUT="${OUT:-out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-declare -A LIMIT=([smoke]=120 [tests]=120 [costs]=360 [fleet]=150 [fleet-mps]=150 [cifar2-mini]=540 [oracles]=300)
+declare -A LIMIT=([smoke]=120 [tests]=150 [costs]=330 [fleet]=150 [fleet-mps]=150 [cifar2-mini]=540 [oracles]=300)
 for kv in ${DIFFATTR_GPU_LIMITS:-}; do LIMIT[${kv%%=*}]=${kv#*=}; done
 PHASES=("$@"); [ ${#PHASES[@]} -gt 0 ] || PHASES=(tests costs)
 for p in "${PHASES[@]}"; do
@@ -54,11 +54,13 @@ phase() {
         study cifar2-mini -n -q ;;
     tests)
         timeout "$lim" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/scores/test_clip.py ;;
-    costs)  # the training step per precision; the unit costs of cifar2-mini's U-Net (never measured on a GPU), then
-            # of the paper's (its JSON stops where the limit cuts it: an incomplete one is refused by diffattr.cost)
-        timeout 60 python3 bench/train_throughput.py
-        timeout $(((lim - 60) * 55 / 100)) python3 bench/unit_costs.py --preset unet_cifar_small --json "$OUT/cost_reference_unet_cifar_small.json" | tail -40
-        timeout $(((lim - 60) * 45 / 100)) python3 bench/unit_costs.py --preset ddpm_cifar --json "$OUT/cost_reference.json" | tail -40
+    costs)  # cifar2-mini's training step with and without CUDA graphs (train.compile: reduce-overhead, for a U-Net
+            # bound by kernel launches); the unit costs of its U-Net (never measured on a GPU), then of the paper's
+            # (a JSON stops where the limit cuts it: an incomplete one is refused by diffattr.cost)
+        timeout 80 python3 bench/train_throughput.py --presets unet_cifar_small --batch 128 --steps 50 \
+            --precisions tf32 tf32+cudagraphs
+        timeout $(((lim - 80) * 55 / 100)) python3 bench/unit_costs.py --preset unet_cifar_small --json "$OUT/cost_reference_unet_cifar_small.json" | tail -40
+        timeout $(((lim - 80) * 45 / 100)) python3 bench/unit_costs.py --preset ddpm_cifar --json "$OUT/cost_reference.json" | tail -40
         python3 -m diffattr.cost experiments/cifar2-mini.yaml --reference "$OUT/cost_reference_unet_cifar_small.json"
         python3 -m diffattr.cost experiments/cifar2.yaml --reference "$OUT/cost_reference.json"
         true ;;

@@ -7,6 +7,8 @@ On a GPU it also prints the ratio to the reference for the paper preset (one H20
     python bench/train_throughput.py [--steps 5] [--cifar-batch 128]
     python bench/train_throughput.py --presets unet_tiny --batch 64 --precisions fp32 bf16 fp32+compile --threads 1
                                      (the quickstart's training step, as one of its jobs runs it)
+    python bench/train_throughput.py --presets unet_cifar_small --batch 128 --precisions tf32 tf32+compile tf32+cudagraphs
+                                     (on a GPU: what CUDA graphs buy cifar2-mini's launch-bound U-Net)
     python bench/train_throughput.py --ops --presets unet_tiny unet_small unet_cifar_small ddpm_cifar
                                      (aten operations per step: what sets the step time where launches dominate)
 """
@@ -24,14 +26,16 @@ from diffattr.diffusion.ddpm import eps_fn
 from diffattr.models import build_unet, compile_unet, count_parameters, precision_context
 
 H200_REFERENCE = {"fp32": 0.168, "tf32": 0.062, "bf16+compile": 0.046}
+COMPILE_OPTIONS = {"": False, "compile": True, "cudagraphs": "reduce-overhead"}  # suffix -> train.compile
 
 
 def time_step(preset: str, batch: int, precision: str, device: torch.device, steps: int) -> float:
     """Seconds per training step; ``precision`` is fp32, tf32 or bf16, with ``+compile`` for torch.compile (as
-    ``train.compile``: the forward and backward of the U-Net compiled, the warm-up step pays the compilation)."""
+    ``train.compile: true``: the forward and backward of the U-Net compiled, the warm-up step pays the compilation)
+    or ``+cudagraphs`` (``train.compile: reduce-overhead``: inductor replaying CUDA graphs)."""
     precision, _, compiled = precision.partition("+")
     model = build_unet(preset).to(device).train()
-    net = compile_unet(model, bool(compiled))
+    net = compile_unet(model, COMPILE_OPTIONS[compiled])
     size, c = model.config.sample_size, model.config.in_channels
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as diffattr.train.loop
     ema = EMAModel(model.parameters(), decay=0.999, foreach=True)
@@ -43,6 +47,8 @@ def time_step(preset: str, batch: int, precision: str, device: torch.device, ste
     eps = torch.randn_like(x)
 
     def step() -> None:
+        if compiled == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()  # as diffattr.train.loop
         with autocast:
             loss = ddpm_loss(eps_fn(net), schedule, x, t, eps)
         opt.zero_grad(set_to_none=True)
@@ -92,7 +98,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="batch for the small presets")
     ap.add_argument("--presets", nargs="+", default=["unet_tiny", "unet_small", "ddpm_cifar"])
     ap.add_argument("--precisions", nargs="+", default=None,
-                    help="fp32, tf32, bf16, each with +compile (default: all four on a GPU, fp32 and bf16 on a CPU)")
+                    help="fp32, tf32, bf16, each with +compile or +cudagraphs (default: fp32, tf32, bf16 and "
+                         "bf16+compile on a GPU, fp32 and bf16 on a CPU)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--ops", action="store_true", help="count the aten operations of a step of each preset instead")
     args = ap.parse_args()
@@ -106,9 +113,13 @@ def main() -> None:
     gpu = device.type == "cuda"
     steps = args.steps or (20 if gpu else 5)
     precisions = args.precisions or (["fp32", "tf32", "bf16", "bf16+compile"] if gpu else ["fp32", "bf16"])
+    for precision in precisions:
+        base, _, compiled = precision.partition("+")
+        if base not in ("fp32", "tf32", "bf16") or compiled not in COMPILE_OPTIONS:
+            ap.error(f"--precisions: {precision!r} is not fp32, tf32 or bf16 with an optional +compile or +cudagraphs")
     name = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; {steps} timed steps after 1 warm-up")
-    print(f"{'preset':<11} {'params':>10} {'batch':>5} {'precision':<12} {'s/step':>8} {'steps/s':>8} {'images/s':>9} {'vs H200 ref':>11}")
+    print(f"{'preset':<16} {'params':>10} {'batch':>5} {'precision':<16} {'s/step':>8} {'steps/s':>8} {'images/s':>9} {'vs H200 ref':>11}")
     for preset in args.presets:
         batch = (args.cifar_batch or (128 if gpu else 8)) if preset == "ddpm_cifar" else args.batch
         for precision in precisions:
@@ -117,7 +128,7 @@ def main() -> None:
             if gpu and preset == "ddpm_cifar" and batch == 128 and precision in H200_REFERENCE:
                 ref = f"{s / H200_REFERENCE[precision]:.2f}x"
             n = count_parameters(build_unet(preset))
-            print(f"{preset:<11} {n:>10,} {batch:>5} {precision:<12} {s:>8.4f} {1 / s:>8.2f} {batch / s:>9.1f} {ref:>11}")
+            print(f"{preset:<16} {n:>10,} {batch:>5} {precision:<16} {s:>8.4f} {1 / s:>8.2f} {batch / s:>9.1f} {ref:>11}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def test_auto_device_is_cuda():
     assert select_device("auto") == "cuda"
 
 
-@pytest.mark.parametrize("precision,compile", [("fp32", False), ("tf32", False), ("bf16", False), ("bf16", True)])
+@pytest.mark.parametrize("precision,compile", [("fp32", False), ("tf32", False), ("bf16", False), ("bf16", True),
+                                               ("tf32", "reduce-overhead"), ("bf16", "reduce-overhead")])
 def test_training_on_gpu_runs_and_learns(precision, compile):
     cfg = validate_config({"experiment": "g", "train": {"batch_size": 32, "lr": 2e-3, "precision": precision,
                                                         "compile": compile}})["train"]
@@ -35,10 +36,11 @@ def test_training_on_gpu_runs_and_learns(precision, compile):
     assert sum(losses[-10:]) < sum(losses[:10])
 
 
-@pytest.mark.parametrize("precision,compile", [("tf32", False), ("bf16", False), ("bf16", True)])
+@pytest.mark.parametrize("precision,compile", [("tf32", False), ("bf16", False), ("bf16", True),
+                                               ("fp32", "reduce-overhead"), ("bf16", "reduce-overhead")])
 def test_oracles_on_gpu_at_a_cheaper_precision_stay_close_to_fp32(precision, compile):
-    """measure.precision/measure.compile on CUDA (the CIFAR configs' bf16 + inductor): the oracles move by rounding
-    only, and the sampler's float32 is untouched."""
+    """measure.precision/measure.compile on CUDA (the CIFAR configs' bf16 + inductor, and CUDA graphs): the oracles
+    move by rounding only, and the sampler's float32 is untouched."""
     from diffattr.measure import measure_samples
 
     s = Schedule.linear(100)
@@ -54,11 +56,13 @@ def test_oracles_on_gpu_at_a_cheaper_precision_stay_close_to_fp32(precision, com
     assert not torch.backends.cuda.matmul.allow_tf32 or precision == "tf32"
 
 
-def test_compiled_bf16_training_on_gpu_resumes_exactly(tmp_path):
-    """train.compile (inductor) with bf16 on CUDA: a run killed after a checkpoint continues the uninterrupted run's
-    loss history (to float rounding: some CUDA kernels, e.g. atomics in backward passes, are not bit-deterministic)."""
+@pytest.mark.parametrize("compile", [True, "reduce-overhead"])
+def test_compiled_bf16_training_on_gpu_resumes_exactly(tmp_path, compile):
+    """train.compile (inductor, and inductor with CUDA graphs) with bf16 on CUDA: a run killed after a checkpoint
+    continues the uninterrupted run's loss history (to float rounding: some CUDA kernels, e.g. atomics in backward
+    passes, are not bit-deterministic)."""
     cfg = validate_config({"experiment": "g", "train": {"batch_size": 32, "lr": 2e-3, "precision": "bf16",
-                                                        "compile": True, "checkpoint_every": 4}})["train"]
+                                                        "compile": compile, "checkpoint_every": 4}})["train"]
     data = torch.rand(64, 1, 8, 8) * 2 - 1
     _, ref = train(build_unet("unet_tiny"), data, Schedule.linear(), cfg, seed=1, steps=8, device="cuda",
                    progress=False)

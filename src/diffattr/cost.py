@@ -131,7 +131,8 @@ def dry_run_jobs(configfiles: str | Path | Sequence[str | Path],
 
 def precision_key(section: Mapping[str, Any]) -> str:
     """The reference unit cost a ``train`` or ``measure`` section runs at: its precision, ``+compile`` with its
-    ``compile`` option (``bf16+compile``)."""
+    ``compile`` option (``bf16+compile``). ``compile: reduce-overhead`` (CUDA graphs) is priced as inductor until a
+    GPU has measured it: graphs only remove launch overhead, so that price is an upper bound."""
     return section["precision"] + ("+compile" if section.get("compile") else "")
 
 

@@ -246,3 +246,25 @@ def test_bf16_and_compiled_training_resume_exactly(digits, tmp_path, options):
     assert hist == ref_hist
     for (n, p), q in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+
+
+def test_cuda_graph_training_marks_every_step_and_compiles_in_that_mode(digits, monkeypatch):
+    """train.compile: reduce-overhead compiles the U-Net in torch.compile's CUDA-graph mode and tells the graph
+    trees where each step begins (a replay reuses its output buffers). On a CPU the mode would be minutes of C++
+    compilation without graphs, so torch.compile is recorded here and the model runs eagerly; tests/test_gpu.py
+    trains with the graphs on a GPU."""
+    calls, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(compile="reduce-overhead"), seed=0, steps=5,
+          progress=False)
+    assert calls == [{"mode": "reduce-overhead"}] and len(marks) == 5
+    calls.clear()
+    marks.clear()
+    train(build_unet("unet_tiny"), digits, Schedule.linear(), cfg(compile=True), seed=0, steps=5, progress=False)
+    assert calls == [{"backend": "inductor"}] and marks == []
+
+
+def test_compile_option_must_be_a_backend_or_mode():
+    with pytest.raises(ValueError, match="compile"):
+        cfg(compile="max-autotune-no-such-mode")

@@ -93,11 +93,19 @@ def precision_context(precision: str, device_type: str) -> contextlib.AbstractCo
     return contextlib.nullcontext()
 
 
+# train.compile / measure.compile values that are torch.compile modes of inductor rather than backends
+COMPILE_MODES = ("reduce-overhead",)
+
+
 def compile_unet(model: torch.nn.Module, option: bool | str) -> torch.nn.Module:
-    """``model`` compiled with ``torch.compile`` (``train.compile``, ``measure.compile``): ``True`` = inductor, a
-    string = that backend, ``False`` = ``model`` itself. The compiled module shares ``model``'s parameters."""
+    """``model`` compiled with ``torch.compile`` (``train.compile``, ``measure.compile``): ``True`` = inductor,
+    ``"reduce-overhead"`` = inductor replaying CUDA graphs on a GPU (one launch for the whole forward or backward
+    pass, where a small U-Net is otherwise bound by its thousands of kernel launches), another string = that
+    backend, ``False`` = ``model`` itself. The compiled module shares ``model``'s parameters."""
     if not option:
         return model
+    if option in COMPILE_MODES:
+        return torch.compile(model, mode=option)
     return torch.compile(model, backend="inductor" if option is True else option)
 
 

@@ -3,9 +3,9 @@
 Recipe (paper appendix G; all values from the ``train`` config section): AdamW, gradient clipping, EMA with
 warm-up (diffusers ``EMAModel``: decay min(d, (1+n)/(10+n))), cosine LR schedule with linear warm-up, uniform
 random batches (with replacement), optional random horizontal flips, precision fp32 / tf32 / bf16 (autocast),
-and optionally the forward and backward passes compiled with ``torch.compile`` (``train.compile``; the optimiser,
-EMA and checkpoints act on the uncompiled module, whose parameters the compiled one shares). The EMA weights are
-the model used downstream.
+and optionally the forward and backward passes compiled with ``torch.compile`` (``train.compile``, with CUDA
+graphs for ``reduce-overhead``; the optimiser, EMA and checkpoints act on the uncompiled module, whose parameters
+the compiled one shares). The EMA weights are the model used downstream.
 
 Resuming: every ``checkpoint_every`` steps the full state (model, EMA, optimiser, LR schedule, all RNG states,
 step, loss history) is written atomically. A rerun with the same inputs continues from the last checkpoint and,
@@ -221,9 +221,14 @@ def train(
         ema.to(device)
         # torch.compile wraps the module without copying it: the state dicts stay those of ``model``
         eps_model = eps_fn(compile_unet(model, cfg.get("compile", False)))
+        # CUDA graphs (train.compile: reduce-overhead) reuse their output buffers from one replay to the next: say
+        # where a step begins, so that a replay never overwrites tensors the previous step still holds
+        graphs = cfg.get("compile") == "reduce-overhead"
         n, bs = data.shape[0], cfg["batch_size"]
         bar = tqdm(total=steps, initial=start, desc="train", disable=not progress, mininterval=2)
         for step in range(start + 1, steps + 1):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             idx = torch.randint(n, (bs,), generator=gen)
             t = torch.randint(schedule.num_timesteps, (bs,), generator=gen)
             eps = torch.randn((bs, *data.shape[1:]), generator=gen)
