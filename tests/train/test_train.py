@@ -268,3 +268,29 @@ def test_cuda_graph_training_marks_every_step_and_compiles_in_that_mode(digits, 
 def test_compile_option_must_be_a_backend_or_mode():
     with pytest.raises(ValueError, match="compile"):
         cfg(compile="max-autotune-no-such-mode")
+
+
+def test_losses_read_in_batches_give_the_same_run_and_name_the_first_bad_step(digits, tmp_path, monkeypatch):
+    """On a GPU the loop reads the losses every SETTLE_EVERY steps (and at checkpoints) instead of every step, so
+    that the device queue runs ahead: the same history, weights and checkpoint as reading them every step, and a
+    non-finite loss is reported at its own step, not where it was read. Run here by treating the CPU as async."""
+    c = cfg(checkpoint_every=100)
+    ref, ref_hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=2, steps=10, progress=False)
+    w = torch.ones(len(digits))
+    w[5] = float("nan")  # the loss turns non-finite at the first step whose batch draws example 5
+    with pytest.raises(TrainingDiverged) as every_step:
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=2, steps=40, progress=False, weights=w)
+
+    monkeypatch.setattr(loop, "_async_device", lambda device: True)
+    monkeypatch.setattr(loop, "SETTLE_EVERY", 4)
+    ckpt = tmp_path / "ckpt.pt"
+    got, hist = train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=2, steps=10, checkpoint=ckpt,
+                      progress=False)
+    assert hist == ref_hist and torch.load(ckpt, weights_only=True)["history"] == ref_hist
+    for (n, p), q in zip(ref.state_dict().items(), got.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    step = int(str(every_step.value).split(" at step ")[1].split("/")[0])
+    monkeypatch.setattr(loop, "SETTLE_EVERY", step + 3)  # read 3 steps after the bad one (or at the end, step 40)
+    with pytest.raises(TrainingDiverged) as batched:
+        train(build_unet("unet_tiny"), digits, Schedule.linear(), c, seed=2, steps=40, progress=False, weights=w)
+    assert 1 < step < 40 and str(batched.value) == str(every_step.value)

@@ -112,6 +112,13 @@ def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator, device: torch
 # fingerprint, since its updates differ from the loop's in the last bits.
 OPTIMIZER = "AdamW(fused)"
 
+SETTLE_EVERY = 50  # steps between reads of the training loss on a GPU (see train)
+
+
+def _async_device(device: torch.device) -> bool:
+    """Whether ``device`` runs its kernels asynchronously to the host (every one but the CPU)."""
+    return device.type != "cpu"
+
 
 def _adamw(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.optim.AdamW:
     # torch has the fused kernel on every device it trains on (CPU, CUDA, MPS, XPU, ...), so the tag always holds
@@ -183,7 +190,8 @@ def train(
         The model holding the EMA weights (eval mode), and ``[(step, loss, lr), ...]``.
 
     Raises:
-        TrainingDiverged: At the first step with a non-finite loss.
+        TrainingDiverged: At the first step with a non-finite loss (on a GPU, within ``SETTLE_EVERY`` steps of
+            it, naming that step).
     """
     device = torch.device(device)
     cfg = dict(train_cfg)
@@ -226,39 +234,54 @@ def train(
         graphs = cfg.get("compile") == "reduce-overhead"
         n, bs = data.shape[0], cfg["batch_size"]
         bar = tqdm(total=steps, initial=start, desc="train", disable=not progress, mininterval=2)
+        # The losses of recent steps stay on the device until a checkpoint, the end, every SETTLE_EVERY steps or (on
+        # a CPU, or for an on_step callback) every step: reading one waits for the device, which would otherwise
+        # stop a GPU's queue from running ahead of the Python loop every step. The host-to-device copies of the
+        # step's draws are non-blocking for the same reason (from pageable memory, the copy is staged at once).
+        pending: list[tuple[int, torch.Tensor, float]] = []
+
+        def settle() -> None:
+            values = torch.stack([loss for _, loss, _ in pending]).tolist() if pending else []
+            for (done, _, lr), value in zip(pending, values, strict=True):
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"non-finite training loss {value} at step {done}/{steps} (seed {seed}); suspects: "
+                        f"train.lr={cfg['lr']:g} (lower it) and train.precision={cfg['precision']} (fp32 is the "
+                        "safest), or non-finite training images")
+                history.append((done, value, lr))
+                if on_step is not None:
+                    on_step(done, value)
+            pending.clear()
+
+        every_step = on_step is not None or not _async_device(device)
         for step in range(start + 1, steps + 1):
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             idx = torch.randint(n, (bs,), generator=gen)
-            t = torch.randint(schedule.num_timesteps, (bs,), generator=gen)
-            eps = torch.randn((bs, *data.shape[1:]), generator=gen)
+            t = torch.randint(schedule.num_timesteps, (bs,), generator=gen).to(device, non_blocking=True)
+            eps = torch.randn((bs, *data.shape[1:]), generator=gen).to(device, non_blocking=True)
             flip = torch.rand(bs, generator=gen) < 0.5
-            x0 = data[idx.to(device)]
+            x0 = data[idx.to(device, non_blocking=True)]
             if cfg["hflip"]:
-                x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(-1), x0)
+                x0 = torch.where(flip.to(device, non_blocking=True)[:, None, None, None], x0.flip(-1), x0)
             with autocast:
                 if weights is None:
-                    loss = ddpm_loss(eps_model, schedule, x0, t.to(device), eps.to(device)) / x0[0].numel()
+                    loss = ddpm_loss(eps_model, schedule, x0, t, eps) / x0[0].numel()
                 else:
-                    per_example = ddpm_loss(eps_model, schedule, x0, t.to(device), eps.to(device), reduce=False)
-                    loss = (weights[idx].to(device) * per_example).mean() / x0[0].numel()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"non-finite training loss {value} at step {step}/{steps} (seed {seed}); suspects: "
-                    f"train.lr={cfg['lr']:g} (lower it) and train.precision={cfg['precision']} (fp32 is the safest), "
-                    "or non-finite training images")
+                    per_example = ddpm_loss(eps_model, schedule, x0, t, eps, reduce=False)
+                    loss = (weights[idx].to(device, non_blocking=True) * per_example).mean() / x0[0].numel()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
             sched.step()
             ema.step(model.parameters())
-            history.append((step, value, sched.get_last_lr()[0]))
+            pending.append((step, loss.detach(), sched.get_last_lr()[0]))
             bar.update()
-            if on_step is not None:
-                on_step(step, value)
-            if ckpt is not None and (step % cfg["checkpoint_every"] == 0 or step == steps):
+            save = ckpt is not None and (step % cfg["checkpoint_every"] == 0 or step == steps)
+            if every_step or save or step == steps or step % SETTLE_EVERY == 0:
+                settle()
+            if save:
                 state = {
                     "fingerprint": fingerprint,
                     "model": model.state_dict(),
