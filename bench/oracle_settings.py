@@ -95,8 +95,8 @@ def main() -> None:
     ap.add_argument("--study", type=Path, default=Path("results/quickstart"))
     ap.add_argument("--configfile", nargs="*", default=[], help="the study's experiment (and overlays), as Snakemake")
     ap.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16"], help="default: the study's")
-    ap.add_argument("--compile", default=None, help="measure.compile: false, true or a backend (aot_eager); "
-                    "default: the study's")
+    ap.add_argument("--compile", default=None, help="measure.compile: false, true, reduce-overhead (CUDA graphs) "
+                    "or a backend (aot_eager); default: the study's")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another measure setting (YAML value), e.g. mc_samples=128; repeatable")
     ap.add_argument("--trajectories", type=int, default=0, help="also this many sampled trajectories (see above)")

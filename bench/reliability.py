@@ -40,7 +40,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 PARTS = ["Snakefile", "rules", "report", "scripts", "envs", "config.yaml", "experiments", "examples"]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+# the module, not a script beside the interpreter: an install with pip --target (the lent GPU machines) has none there
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SMOKE = ["--cores", "2", "--configfile", "experiments/smoke.yaml"]
 JOB_LINE = re.compile(r"^(?:local)?rule (\w+):", re.M)
 
@@ -54,12 +55,12 @@ def copy_workflow(wd: Path) -> Path:
 
 
 def start(wd: Path, *args: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([SNAKEMAKE, *args], cwd=wd, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    return subprocess.Popen([*SNAKEMAKE, *args], cwd=wd, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             start_new_session=True)
 
 
 def run(wd: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([SNAKEMAKE, *args], cwd=wd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*SNAKEMAKE, *args], cwd=wd, capture_output=True, text=True, timeout=timeout)
 
 
 def _datasets(f: h5py.File) -> list[str]:

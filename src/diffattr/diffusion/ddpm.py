@@ -189,7 +189,8 @@ def sample(
     for step in tqdm(range(T - 1, -1, -1), desc="sampling", disable=not progress, mininterval=2):
         t = torch.full((shape[0],), step, device=device, dtype=torch.long)
         mean, var = schedule.reverse(eps_model(x, t), x, t, clip_x0)
-        noise = torch.randn(shape, generator=generator).to(device)
+        # drawn on the host (the same samples on every device), copied without waiting for the device's queue
+        noise = torch.randn(shape, generator=generator).to(device, non_blocking=True)
         x = mean + var.sqrt() * noise if step > 0 else mean
         if traj is not None:
             traj.append(x.cpu())
