@@ -53,15 +53,16 @@ phase() {
         timeout "$lim" python3 -m snakemake -n -q --cores 1 &&
         study cifar2-mini -n -q ;;
     tests)  # the CUDA-graph tests last (compilations of unknown length there): the others' results come first
-        timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/scores/test_clip.py -k "not reduce-overhead"
-        timeout $((lim - 110)) python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "reduce-overhead" ;;
+        timeout $((lim * 2 / 3)) python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/scores/test_clip.py -k "not reduce-overhead"
+        timeout $((lim - lim * 2 / 3)) python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "reduce-overhead" ;;
     costs)  # cifar2-mini's training step with and without CUDA graphs (train.compile: reduce-overhead, for a U-Net
             # bound by kernel launches); the unit costs of its U-Net (never measured on a GPU), then of the paper's
             # (a JSON stops where the limit cuts it: an incomplete one is refused by diffattr.cost)
-        timeout 80 python3 bench/train_throughput.py --presets unet_cifar_small --batch 128 --steps 50 \
+        local tp=$((lim / 4))  # 80 s of the default 320
+        timeout $tp python3 bench/train_throughput.py --presets unet_cifar_small --batch 128 --steps 50 \
             --precisions tf32 tf32+cudagraphs
-        timeout $(((lim - 80) * 55 / 100)) python3 bench/unit_costs.py --preset unet_cifar_small --json "$OUT/cost_reference_unet_cifar_small.json" | tail -40
-        timeout $(((lim - 80) * 45 / 100)) python3 bench/unit_costs.py --preset ddpm_cifar --json "$OUT/cost_reference.json" | tail -40
+        timeout $(((lim - tp) * 55 / 100)) python3 bench/unit_costs.py --preset unet_cifar_small --json "$OUT/cost_reference_unet_cifar_small.json" | tail -40
+        timeout $(((lim - tp) * 45 / 100)) python3 bench/unit_costs.py --preset ddpm_cifar --json "$OUT/cost_reference.json" | tail -40
         python3 -m diffattr.cost experiments/cifar2-mini.yaml --reference "$OUT/cost_reference_unet_cifar_small.json"
         python3 -m diffattr.cost experiments/cifar2.yaml --reference "$OUT/cost_reference.json"
         true ;;

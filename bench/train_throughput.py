@@ -11,6 +11,8 @@ On a GPU it also prints the ratio to the reference for the paper preset (one H20
                                      (on a GPU: what CUDA graphs buy cifar2-mini's launch-bound U-Net)
     python bench/train_throughput.py --ops --presets unet_tiny unet_small unet_cifar_small ddpm_cifar
                                      (aten operations per step: what sets the step time where launches dominate)
+    python bench/train_throughput.py --flops --presets unet_cifar_small ddpm_cifar
+                                     (FLOPs per image per step: what sets it where the arithmetic does)
 """
 
 from __future__ import annotations
@@ -72,6 +74,21 @@ def time_step(preset: str, batch: int, precision: str, device: torch.device, ste
     return (time.perf_counter() - t0) / steps, first
 
 
+def count_flops(preset: str, batch: int = 2) -> float:
+    """Floating-point operations of one training step's forward and backward passes per image of ``preset``
+    (torch.utils.flop_counter: matrix products and convolutions, each multiply-add counted as 2): the arithmetic a
+    device must do whatever its launch overheads, so a study's training FLOPs over a device's achieved FLOP/s bound
+    its training time from below."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_unet(preset).train()
+    size, c = model.config.sample_size, model.config.in_channels
+    x, t = torch.rand(batch, c, size, size) * 2 - 1, torch.randint(1000, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        ddpm_loss(eps_fn(model), Schedule.linear(), x, t, torch.randn_like(x)).backward()
+    return counter.get_total_flops() / batch
+
+
 def count_ops(preset: str) -> int:
     """aten operations in one training step of ``preset`` (forward, backward, clipping, AdamW) on the CPU, batch 2:
     about the kernels a GPU launches per step, which set the step time of a launch-bound model."""
@@ -106,10 +123,16 @@ def main() -> None:
                          "bf16+compile on a GPU, fp32 and bf16 on a CPU)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--ops", action="store_true", help="count the aten operations of a step of each preset instead")
+    ap.add_argument("--flops", action="store_true",
+                    help="count the FLOPs per image of a step's forward and backward passes of each preset instead")
     args = ap.parse_args()
     if args.ops:
         for preset in args.presets:
             print(f"{preset:<17} {count_ops(preset):>6} aten operations per training step")
+        return
+    if args.flops:
+        for preset in args.presets:
+            print(f"{preset:<17} {count_flops(preset) / 1e9:>9.3f} GFLOP per image per training step")
         return
     if args.threads:
         torch.set_num_threads(args.threads)

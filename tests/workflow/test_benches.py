@@ -89,3 +89,13 @@ def test_train_throughput_times_the_chosen_presets_and_counts_their_operations()
     assert proc.returncode == 0, proc.stderr[-2000:]
     ops = dict(re.findall(r"^(\w+)\s+(\d+) aten operations per training step$", proc.stdout, re.M))
     assert set(ops) == {"unet_tiny", "unet_small"} and 1000 < int(ops["unet_tiny"]) < int(ops["unet_small"])
+    proc = subprocess.run([*bench, "unet_small", "--flops"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flops = dict(re.findall(r"^(\w+)\s+([\d.]+) GFLOP per image per training step$", proc.stdout, re.M))
+    assert set(flops) == {"unet_tiny", "unet_small"} and 0 < float(flops["unet_tiny"]) < float(flops["unet_small"])
+
+
+def test_flops_per_image_do_not_depend_on_the_batch():
+    from bench.train_throughput import count_flops
+
+    assert count_flops("unet_tiny", batch=2) == pytest.approx(count_flops("unet_tiny", batch=5), rel=1e-9)
