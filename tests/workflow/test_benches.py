@@ -99,3 +99,22 @@ def test_flops_per_image_do_not_depend_on_the_batch():
     from bench.train_throughput import count_flops
 
     assert count_flops("unet_tiny", batch=2) == pytest.approx(count_flops("unet_tiny", batch=5), rel=1e-9)
+
+
+def test_oracle_variance_compares_draw_schemes_on_model_pairs(smoke_study):
+    """bench/oracle_variance.py: the spread of a model-to-model difference over repeated draws, per scheme, with
+    the first scheme as the 1.00x reference; a malformed scheme is refused by name."""
+    bench = [sys.executable, str(REPO / "bench/oracle_variance.py"), "--study", "results/smoke",
+             "--configfile", "experiments/smoke.yaml", "--pairs", "1", "--samples", "2", "--reps", "3"]
+    proc = subprocess.run([*bench, "--schemes", "uniform:8", "importance:20:8"], cwd=smoke_study.parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 model pairs x 2 samples, 3 repetitions per scheme" in proc.stdout
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
+            if line.startswith(("uniform:", "importance:"))}
+    assert rows["uniform:8"][2] == rows["uniform:8"][4] == "(1.00x)", proc.stdout
+    for name in rows:
+        assert float(rows[name][1]) > 0 and float(rows[name][3]) > 0  # independent draws: the difference varies
+    proc = subprocess.run([*bench, "--schemes", "importance:8"], cwd=smoke_study.parents[1], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "--schemes 'importance:8'" in proc.stderr

@@ -6,7 +6,8 @@ they should, however the work is batched or sharded:
 
 - :func:`crn_draws`: the (t, ε) draws of one generated sample: the loss/ELBO oracles and the measurement gradients.
   With *common random numbers* (``model_key=None``) every model is measured on identical draws; a model's own
-  :func:`model_key` gives it independent ones.
+  :func:`model_key` gives it independent ones. t is uniform, or (the oracles' ``measure.t_importance_offset``)
+  importance-sampled towards small t, with the weights of :func:`importance_weights`.
 - :func:`timestep_draws`: the ε draws of one sample's fixed-timestep losses (own stream, shared by its timesteps).
 - :func:`example_draws`: the (t, ε, flip) draws of training examples: training gradients and K-FAC's data.
 """
@@ -48,13 +49,47 @@ def model_key(model_id: str) -> int:
 
 
 def crn_draws(
-    seed: int, index: int, n: int, shape: Sequence[int], num_timesteps: int, model: int | None = None
+    seed: int, index: int, n: int, shape: Sequence[int], num_timesteps: int, model: int | None = None,
+    importance_offset: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (t, ε) draws of one sample: ``t`` ``[n]`` uniform on 0..T-1 and ``eps`` ``[n, *shape]``."""
+    """The (t, ε) draws of one sample: ``t`` ``[n]`` on 0..T-1 and ``eps`` ``[n, *shape]``.
+
+    ``t`` is uniform when ``importance_offset`` is None; otherwise it is drawn from :func:`timestep_proposal` (by
+    inverting its CDF at uniform numbers of the same generator), and an unbiased estimate of a mean over t weights
+    each draw's term by :func:`importance_weights`.
+    """
     g = crn_generator(seed, index, MAIN_STREAM, model)
-    t = torch.randint(num_timesteps, (n,), generator=g)
+    if importance_offset is None:
+        t = torch.randint(num_timesteps, (n,), generator=g)
+    else:
+        cdf = timestep_proposal(num_timesteps, importance_offset).cumsum(0)
+        u = torch.rand(n, generator=g, dtype=torch.float64)
+        t = torch.searchsorted(cdf, u, right=True).clamp_(max=num_timesteps - 1)
     eps = torch.randn((n, *shape), generator=g)
     return t, eps
+
+
+def timestep_proposal(num_timesteps: int, offset: float) -> torch.Tensor:
+    """Importance-sampling distribution of t: ``p_t ∝ 1 / (t + offset)`` over the 0-based t = 0..T-1, ``[T]`` float64.
+
+    Almost all of the variance of a model-to-model ELBO difference, and much of a loss difference's, comes from
+    the first few percent of timesteps (docs/benchmarks.md, ``bench/oracle_variance.py``); this proposal spends
+    the draws there, as Nichol & Dhariwal (2021) importance-sample t for the ELBO. A smaller offset puts more draws
+    at the smallest t.
+    """
+    if offset <= 0:
+        raise ValueError(f"importance offset must be > 0, got {offset}")
+    p = 1.0 / (torch.arange(num_timesteps, dtype=torch.float64) + offset)
+    return p / p.sum()
+
+
+def importance_weights(t: torch.Tensor, num_timesteps: int, offset: float | None) -> torch.Tensor:
+    """Weights ``1 / (T p_t)`` of draws ``t`` from :func:`timestep_proposal` (ones for uniform t, ``offset`` None):
+    the mean of ``weight x term`` over the draws is an unbiased estimate of the term's mean over uniform t.
+    Float32, shaped as ``t``."""
+    if offset is None:
+        return torch.ones(t.shape)
+    return (1.0 / (num_timesteps * timestep_proposal(num_timesteps, offset)))[t.cpu()].float()
 
 
 def timestep_draws(seed: int, index: int, n: int, shape: Sequence[int], model: int | None = None) -> torch.Tensor:
