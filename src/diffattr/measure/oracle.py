@@ -15,7 +15,7 @@ Timestep sampling: the paper's oracles draw t uniformly (``measure.t_importance_
 t is importance-sampled with ``p_t ∝ 1/(t + c)`` and each term weighted by ``1/(T p_t)``
 (:func:`diffattr.diffusion.draws.importance_weights`): still unbiased for the loss and the ELBO, with far less
 noise in the differences between models, which sit at small t (on the quickstart, 128 such draws with c = 20
-match 256 uniform ones on the loss and cut the ELBO's noise 2.4-fold: ``bench/oracle_variance.py``). The standard
+match 256 uniform ones on the loss and have 0.44x their noise on the ELBO: ``bench/oracle_variance.py``). The standard
 errors are those of the weighted terms.
 
 Precision: ``measure.precision`` (fp32, tf32, bf16 autocast) and ``measure.compile`` apply to the U-Net's forward
