@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from trak.projectors import BasicProjector, ProjectionType
@@ -14,6 +15,7 @@ from diffattr.diffusion.draws import example_draws, noisy_inputs
 from diffattr.gradients import training_gradients
 from diffattr.models import build_unet
 from diffattr.scores.bank import QueryBank
+from diffattr.scores.base import GradientInputs
 from diffattr.scores.trak import (
     HalfTrakPreconditioner,
     HeldBlocksProjector,
@@ -130,3 +132,27 @@ def test_float16_trak_matches_float64_at_large_damping_and_breaks_at_tiny_dampin
     # 1e-9 is below float16's smallest subnormal: K + λI is K, singular, and its "inverse" is not finite
     assert not torch.isfinite(got[0]).all()
     assert torch.isfinite(want[0]).all()
+
+
+def test_dtrak_scores_every_query_like_its_own_single_query_run():
+    """D-TRAK's query gradient is the square-norm output's for every measurement, so the scores of a run over several
+    queries (scored once) equal those of a run over each query alone, and TRAK's differ between queries."""
+    from diffattr.curvature import FlatEps
+    from diffattr.queries import queries
+    from diffattr.scores.trak import score_dtrak, score_trak
+
+    torch.manual_seed(0)
+    inputs = GradientInputs(FlatEps(build_unet("unet_tiny")).eval(), Schedule.linear(),
+                            torch.rand(7, 1, 8, 8) * 2 - 1, torch.rand(3, 1, 8, 8) * 2 - 1, None)
+    sections = {"influence": {"gradient_mc_samples": 2, "batch_size": 4, "seed": 3, "query_compression": "int8",
+                              "bank_memory_mb": 64}, "diffusion": {}, "train.hflip": False,
+                "trak": {"projection_dim": 64, "seed": 0, "dampings": [1e-3, 1.0], "default_damping": 1e-3}}
+    several = queries(["loss", "elbo", "timestep_loss"], [10])
+    files, _ = score_dtrak(sections, inputs, several, progress=False)
+    assert [f.query for f in files] == [q.name for q in several] and {f.predicts for f in files} == {"square_norm"}
+    for f, q in zip(files, several, strict=True):
+        alone, _ = score_dtrak(sections, inputs, [q], progress=False)
+        assert f.scores.shape == (2, 3, 7)
+        np.testing.assert_array_equal(f.scores, alone[0].scores)
+    trak, _ = score_trak(sections, inputs, several[:2], progress=False)
+    assert not np.allclose(trak[0].scores, trak[1].scores)
