@@ -117,6 +117,26 @@ def test_cross_key_consistency_errors_name_the_key():
     assert {"scores": "timestep_loss_t5", "target": "timestep_loss_t1"} in evaluation_pairs(cfg["evaluate"], cfg["measure"]["timesteps"])
 
 
+def test_timestep_draw_counts_and_antithetic_timesteps_are_checked_against_the_timesteps():
+    from diffattr.config import timestep_draw_counts
+
+    def measure(**kw):
+        return {"experiment": "x", "measure": {"timesteps": [1, 10, 100], **kw}}
+
+    cfg = validate_config(measure(timestep_mc_samples=[4, 8, 16], timestep_antithetic=[1, 10]))
+    assert timestep_draw_counts(cfg["measure"]) == [4, 8, 16]
+    assert timestep_draw_counts(validate_config(measure(timestep_mc_samples=6))["measure"]) == [6, 6, 6]
+    assert timestep_draw_counts(validate_config(measure(mc_samples=5))["measure"]) == [5, 5, 5]  # null: mc_samples
+    with pytest.raises(ConfigError, match=r"'measure.timestep_mc_samples': 2 counts for the 3 measure.timesteps"):
+        validate_config(measure(timestep_mc_samples=[4, 8]))
+    with pytest.raises(ConfigError, match=r"'measure.timestep_antithetic': 50 is not one of measure.timesteps"):
+        validate_config(measure(timestep_antithetic=[50]))
+    with pytest.raises(ConfigError, match=r"'measure.timestep_antithetic': timestep 10 has an odd draw count \(7"):
+        validate_config(measure(timestep_mc_samples=[4, 7, 16], timestep_antithetic=[10]))
+    with pytest.raises(ConfigError, match=r"'measure.timestep_mc_samples\[1\]'"):
+        validate_config(measure(timestep_mc_samples=[4, 0, 16]))
+
+
 @pytest.mark.parametrize("section", ["influence", "trak"])
 def test_default_damping_off_the_grid_is_rejected_at_parse_time(section):
     with pytest.raises(ConfigError, match=rf"'{section}.default_damping': 0.003 is not one of {section}.dampings"):

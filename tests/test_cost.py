@@ -105,6 +105,20 @@ def test_an_overlay_is_merged_over_its_experiment_as_snakemake_merges_it():
     assert head["total_gpu_hours"] < full["total_gpu_hours"] - full["timestep_oracles"]["gpu_hours"]
 
 
+def test_timestep_oracles_are_priced_at_their_draws_per_timestep(tmp_path):
+    """measure.timestep_mc_samples as one count per timestep: the timestep oracles cost the sum of the counts."""
+    overlay = tmp_path / "counts.yaml"
+    overlay.write_text("measure: {timestep_mc_samples: [100, 100, 400, 1000, 1000, 1000, 1000], "
+                       "timestep_antithetic: [1, 10, 50]}\n")
+    base = estimate([REPO / "experiments/cifar2.yaml"], REF, REPO / "Snakefile")
+    est = estimate([REPO / "experiments/cifar2.yaml", overlay], REF, REPO / "Snakefile")
+    assert est["timestep_oracles"]["gpu_hours"] == pytest.approx(4600 / 7000 * base["timestep_oracles"]["gpu_hours"])
+    assert est["timestep_oracles"]["draws_per_timestep"] == [100, 100, 400, 1000, 1000, 1000, 1000]
+    assert "7 timesteps x 100/100/400/1000/1000/1000/1000 draws" in format_estimate(est)
+    saved = base["timestep_oracles"]["gpu_hours"] - est["timestep_oracles"]["gpu_hours"]
+    assert est["total_gpu_hours"] == pytest.approx(base["total_gpu_hours"] - saved)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_oracles_are_priced_at_their_precision_measured_or_assumed(tmp_path, compiled):
     """measure.precision/measure.compile price every oracle forward pass (not the sampler's) at that setting's unit

@@ -126,6 +126,15 @@ def gradient_mc_counts(influence: Mapping[str, Any]) -> list[int]:
     return [int(c) for c in counts] if isinstance(counts, list) else [int(counts)]
 
 
+def timestep_draw_counts(measure: Mapping[str, Any]) -> list[int]:
+    """ε draws of each of ``measure.timesteps``' losses: ``measure.timestep_mc_samples`` (one count for every
+    timestep, or one per timestep; null: ``measure.mc_samples``)."""
+    counts, steps = measure.get("timestep_mc_samples"), measure["timesteps"]
+    if isinstance(counts, list):
+        return [int(c) for c in counts]
+    return [int(counts or measure["mc_samples"])] * len(steps)
+
+
 def model_measurements(config: Mapping[str, Any], model_id: str) -> list[str]:
     """The measurements taken of one model: only what something reads from it. A down-weighted run serves only the
     timestep losses (Figs. 13/14); the full model and the retraining fleet every one of ``measure.measurements``.
@@ -156,6 +165,18 @@ def _check_consistency(cfg: dict[str, Any], source: str) -> None:
     T = cfg["diffusion"]["num_timesteps"]
     if any(t > T for t in steps):
         problems.append(f"config key 'measure.timesteps': {steps} exceed diffusion.num_timesteps={T}")
+    counts = cfg["measure"]["timestep_mc_samples"]
+    if isinstance(counts, list) and len(counts) != len(steps):
+        problems.append(f"config key 'measure.timestep_mc_samples': {len(counts)} counts for the {len(steps)} "
+                        f"measure.timesteps {steps} (one count per timestep, or a single number)")
+    else:
+        per_step = dict(zip(steps, timestep_draw_counts(cfg["measure"]), strict=True))
+        for t in cfg["measure"]["timestep_antithetic"]:
+            if t not in per_step:
+                problems.append(f"config key 'measure.timestep_antithetic': {t} is not one of measure.timesteps {steps}")
+            elif per_step[t] % 2:
+                problems.append(f"config key 'measure.timestep_antithetic': timestep {t} has an odd draw count "
+                                f"({per_step[t]}, measure.timestep_mc_samples); antithetic draws come in pairs")
     measured = set(query_names(cfg["measure"]["measurements"], steps))
     queried = set(query_names(cfg["influence"]["measurements"], steps))
     if cfg["evaluate"]["timestep_matrix"]:

@@ -36,6 +36,7 @@ from diffattr.config import (
     kfac_queries,
     load_config,
     model_measurements,
+    timestep_draw_counts,
 )
 from diffattr.curvature import FlatEps, kfac_parameters
 from diffattr.evaluate.counterfactual import run_targets
@@ -184,12 +185,13 @@ def projection_call_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any]) -> f
 
 
 def timestep_oracle_seconds(cfg: Mapping[str, Any], ref: Mapping[str, Any], model_id: str = "full") -> float:
-    """GPU seconds of one model's timestep-loss oracles: samples × timesteps × ``measure.timestep_mc_samples``."""
+    """GPU seconds of one model's timestep-loss oracles: samples × the draws of all timesteps
+    (``measure.timestep_mc_samples``)."""
     mcfg = cfg["measure"]
     if "timestep_loss" not in model_measurements(cfg, model_id):
         return 0.0
-    draws = mcfg["timestep_mc_samples"] or mcfg["mc_samples"]
-    return cfg["sample"]["n_samples"] * len(mcfg["timesteps"]) * draws * measure_forward_seconds(mcfg, ref)[0]
+    draws = sum(timestep_draw_counts(mcfg))
+    return cfg["sample"]["n_samples"] * draws * measure_forward_seconds(mcfg, ref)[0]
 
 
 def _measured_models(rule: str, wildcards: Mapping[str, str], cfg: Mapping[str, Any]) -> tuple[str, int]:
@@ -317,7 +319,7 @@ def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, An
             "assumed_unit_costs": assumed,
             "total_gpu_hours": sum(r["gpu_hours"] for r in rows.values()),
             "timestep_oracles": {"gpu_hours": timestep_hours, "draws_per_timestep":
-                                 cfg["measure"]["timestep_mc_samples"] or cfg["measure"]["mc_samples"],
+                                 timestep_draw_counts(cfg["measure"]),
                                  "timesteps": len(cfg["measure"]["timesteps"])
                                  if "timestep_loss" in cfg["measure"]["measurements"] else 0},
             "kfac_bank": {"gigabytes": bank_bytes / 1e9, "passes": passes,
@@ -325,6 +327,11 @@ def estimate(configfile: str | Path | Sequence[str | Path], ref: Mapping[str, An
                           "bank_memory_mb": cfg["influence"]["bank_memory_mb"],
                           "query_bank": cfg["influence"]["query_bank"],
                           "eigenbasis_gigabytes": kfac_bank(eigen, n_params)[0] / 1e9}}
+
+
+def draws_text(counts: Sequence[int]) -> str:
+    """``48 draws each``, or the per-timestep counts ``8/12/24/48 draws``."""
+    return f"{counts[0]} draws each" if len(set(counts)) == 1 else "/".join(map(str, counts)) + " draws"
 
 
 def format_estimate(est: Mapping[str, Any]) -> str:
@@ -345,7 +352,7 @@ def format_estimate(est: Mapping[str, Any]) -> str:
     ts = est["timestep_oracles"]
     if ts["timesteps"]:
         lines.append(f"note: measure_model/measure_subset include {ts['gpu_hours']:.1f} GPU-h of timestep-loss oracles "
-                     f"({ts['timesteps']} timesteps x {ts['draws_per_timestep']} draws each, "
+                     f"({ts['timesteps']} timesteps x {draws_text(ts['draws_per_timestep'])}, "
                      "measure.timestep_mc_samples)")
     bank = est["kfac_bank"]
     if bank["passes"] > 1:

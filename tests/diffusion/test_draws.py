@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffattr.diffusion.draws import crn_draws, importance_weights, timestep_proposal
+from diffattr.diffusion.draws import (
+    crn_draws,
+    importance_weights,
+    timestep_draws,
+    timestep_eps,
+    timestep_proposal,
+)
 
 
 def test_weighted_mean_over_the_proposal_is_exactly_the_uniform_mean():
@@ -35,3 +41,15 @@ def test_importance_draws_follow_the_proposal_and_stay_deterministic():
     assert torch.bincount(uniform, minlength=T).double().div(len(t)).sub(1 / T).abs().max() < 0.005
     with pytest.raises(ValueError, match="must be > 0"):
         timestep_proposal(T, 0.0)
+
+
+def test_timestep_eps_takes_a_prefix_or_antithetic_pairs_of_the_shared_stream():
+    shared = timestep_draws(0, 4, 8, (1, 2, 2))
+    assert torch.equal(timestep_eps(shared, 5), shared[:5])
+    pairs = timestep_eps(shared, 6, antithetic=True)
+    assert torch.equal(pairs[:3], shared[:3]) and torch.equal(pairs[3:], -shared[:3])
+    assert torch.equal(pairs[:3] + pairs[3:], torch.zeros(3, 1, 2, 2))  # each pair sums to zero
+    with pytest.raises(ValueError, match="5 is odd"):
+        timestep_eps(shared, 5, antithetic=True)
+    with pytest.raises(ValueError, match="9 draws asked of a stream of 8"):
+        timestep_eps(shared, 9)

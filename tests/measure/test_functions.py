@@ -202,6 +202,33 @@ def test_timestep_losses_have_their_own_draws_and_crn_is_an_option():
         measure_samples(model, s, x0, {**cfg, "common_random_numbers": False}, progress=False)
 
 
+def test_per_timestep_counts_and_antithetic_pairs_are_the_draws_of_the_shared_stream():
+    """With a count per timestep, each timestep loss averages the first draws of its sample's shared stream; an
+    antithetic timestep averages its first n/2 draws and their negatives, and its standard error is that of the pair
+    means. A timestep left i.i.d. is exactly what a run with that count at every timestep gives."""
+    from diffattr.diffusion.ddpm import eps_fn
+    from diffattr.diffusion.draws import timestep_draws
+    from diffattr.models import build_unet
+
+    s = Schedule.linear(20)
+    model = build_unet("unet_tiny").eval()
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    cfg = {"measurements": ["timestep_loss"], "mc_samples": 6, "timestep_mc_samples": [4, 6, 3],
+           "timestep_antithetic": [1, 10], "timesteps": [1, 10, 15], "batch_size": 5, "seed": 3}
+    out = measure_samples(model, s, x0, cfg, progress=False)
+    shared = timestep_draws(3, 1, 6, (1, 8, 8))
+    with torch.no_grad():
+        for k, (step, half) in enumerate(((1, 2), (10, 3))):
+            eps = torch.cat([shared[:half], -shared[:half]])[None]
+            terms = F.timestep_loss(eps_fn(model), s, x0[1:2], [step], eps)[0, 0]
+            pairs = (terms[:half] + terms[half:]) / 2
+            np.testing.assert_allclose(out["timestep_loss"][1, k], terms.mean().item(), rtol=1e-5)
+            np.testing.assert_allclose(out["timestep_loss_se"][1, k], (pairs.std() / half**0.5).item(), rtol=1e-4)
+    iid = measure_samples(model, s, x0, {**cfg, "timestep_mc_samples": 3, "timestep_antithetic": []}, progress=False)
+    np.testing.assert_allclose(out["timestep_loss"][:, 2], iid["timestep_loss"][:, 2], rtol=1e-6)
+    np.testing.assert_allclose(out["timestep_loss_se"][:, 2], iid["timestep_loss_se"][:, 2], rtol=1e-6)
+
+
 def test_batches_across_samples_and_timesteps_equal_separate_computation():
     """Loss and ELBO from one forward pass, in batches that span samples (and timestep losses in batches that span
     samples and timesteps), equal each measurement computed on its own, sample by sample, with the same draws."""

@@ -118,3 +118,13 @@ def test_oracle_variance_compares_draw_schemes_on_model_pairs(smoke_study):
     proc = subprocess.run([*bench, "--schemes", "importance:8"], cwd=smoke_study.parents[1], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode != 0 and "--schemes 'importance:8'" in proc.stderr
+    # the timestep losses (the smoke study's t = 1, 100, 900): per timestep, antithetic pairs at t = 1
+    proc = subprocess.run([*bench, "--schemes", "steps:4", "steps:4,2,2:anti=1"], cwd=smoke_study.parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith("steps:")}
+    assert rows["steps:4"][2:7:2] == ["(1.00x)"] * 3 and rows["steps:4"][7] == "12", proc.stdout
+    assert rows["steps:4,2,2:anti=1"][7] == "8" and float(rows["steps:4,2,2:anti=1"][1]) > 0, proc.stdout
+    proc = subprocess.run([*bench, "--schemes", "steps:4,2:anti=1"], cwd=smoke_study.parents[1], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "2 counts for the 3 measure.timesteps" in proc.stderr

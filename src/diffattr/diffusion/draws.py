@@ -8,7 +8,8 @@ they should, however the work is batched or sharded:
   With *common random numbers* (``model_key=None``) every model is measured on identical draws; a model's own
   :func:`model_key` gives it independent ones. t is uniform, or (the oracles' ``measure.t_importance_offset``)
   importance-sampled towards small t, with the weights of :func:`importance_weights`.
-- :func:`timestep_draws`: the ε draws of one sample's fixed-timestep losses (own stream, shared by its timesteps).
+- :func:`timestep_draws`: the ε draws of one sample's fixed-timestep losses (own stream, shared by its timesteps);
+  :func:`timestep_eps` takes a timestep's own count of them, optionally in antithetic pairs.
 - :func:`example_draws`: the (t, ε, flip) draws of training examples: training gradients and K-FAC's data.
 """
 
@@ -95,6 +96,25 @@ def importance_weights(t: torch.Tensor, num_timesteps: int, offset: float | None
 def timestep_draws(seed: int, index: int, n: int, shape: Sequence[int], model: int | None = None) -> torch.Tensor:
     """The ε draws ``[n, *shape]`` of one sample's fixed-timestep losses (shared by all its timesteps)."""
     return torch.randn((n, *shape), generator=crn_generator(seed, index, TIMESTEP_STREAM, model))
+
+
+def timestep_eps(shared: torch.Tensor, n: int, antithetic: bool = False) -> torch.Tensor:
+    """The ε draws ``[n, *shape]`` of one timestep loss, from its sample's :func:`timestep_draws` ``shared``: the
+    first ``n``, or (``antithetic``, n even) the first ``n / 2`` followed by their negatives, so that draw ``j`` and
+    draw ``j + n / 2`` are a pair ε, -ε.
+
+    Antithetic pairs cancel the part of a loss difference that is odd in ε, which at small t is most of it: on the
+    quickstart the spread of a model-to-model difference of the t = 1 loss is 10x smaller for the same number of
+    draws (docs/benchmarks.md, ``bench/oracle_variance.py``); at large t it does not help.
+    """
+    if n > shared.shape[0]:
+        raise ValueError(f"{n} draws asked of a stream of {shared.shape[0]}")
+    if not antithetic:
+        return shared[:n]
+    if n % 2:
+        raise ValueError(f"antithetic draws come in pairs: {n} is odd")
+    half = shared[: n // 2]
+    return torch.cat([half, -half])
 
 
 @dataclass(frozen=True)

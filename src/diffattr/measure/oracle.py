@@ -8,8 +8,10 @@ id, so each model gets independent draws (each oracle is then an unbiased estima
 every method, the exact-retraining oracle included, falls as the estimator noise enters the actual changes).
 
 Draw counts: ``measure.mc_samples`` (t, ε) draws for the loss and the ELBO (one forward pass serves both), and
-``measure.timestep_mc_samples`` ε draws for *each* timestep loss (5000 of each in the paper, appendix G.5), from
-their own stream and shared across the timesteps.
+``measure.timestep_mc_samples`` ε draws for *each* timestep loss (5000 of each in the paper, appendix G.5; one count,
+or one per timestep), from their own stream and shared across the timesteps (a timestep with fewer draws takes the
+first ones). The timesteps listed in ``measure.timestep_antithetic`` take their draws in antithetic pairs ε, -ε
+(:func:`diffattr.diffusion.draws.timestep_eps`); their standard error is that of the pair means.
 
 Timestep sampling: the paper's oracles draw t uniformly (``measure.t_importance_offset: null``). With an offset c,
 t is importance-sampled with ``p_t ∝ 1/(t + c)`` and each term weighted by ``1/(T p_t)``
@@ -38,9 +40,17 @@ import torch
 from scipy.stats import sem
 from tqdm.auto import tqdm
 
+from diffattr.config import timestep_draw_counts
 from diffattr.diffusion import Schedule
 from diffattr.diffusion.ddpm import EpsModel, eps_fn
-from diffattr.diffusion.draws import crn_draws, importance_weights, model_key, noisy, timestep_draws
+from diffattr.diffusion.draws import (
+    crn_draws,
+    importance_weights,
+    model_key,
+    noisy,
+    timestep_draws,
+    timestep_eps,
+)
 from diffattr.io import Artefact, read_h5
 from diffattr.measure import functions as F
 
@@ -142,7 +152,8 @@ def measure_samples(
     """
     names = measure_cfg["measurements"]
     n, bs, seed = measure_cfg["mc_samples"], measure_cfg["batch_size"], measure_cfg["seed"]
-    n_step_draws = measure_cfg.get("timestep_mc_samples") or n
+    step_counts = timestep_draw_counts(measure_cfg)
+    antithetic = set(measure_cfg.get("timestep_antithetic") or [])
     offset = measure_cfg.get("t_importance_offset")
     if measure_cfg.get("common_random_numbers", True):
         key = None
@@ -187,17 +198,25 @@ def measure_samples(
             # every (sample, timestep) in one stream of batches; a sample's ε draws are shared across its timesteps
             def step_pieces():
                 for i in range(S):
-                    eps = timestep_draws(seed, ids[i], n_step_draws, shape, key)
+                    shared = timestep_draws(seed, ids[i], max(step_counts), shape, key)
                     for k, step in enumerate(steps):
-                        for c in range(0, n_step_draws, bs):
+                        eps = timestep_eps(shared, step_counts[k], step in antithetic)
+                        for c in range(0, len(eps), bs):
                             part = eps[c : c + bs]
                             yield (i, k), samples[i], torch.full((len(part),), step - 1, dtype=torch.long), part
 
             terms = _stream(step_pieces(), bs, eps_model, schedule, device, S * len(steps), progress,
                             "measure timestep losses",
                             lambda x0, t, eps, x_t, pred: {"l": F.loss_from_pred(eps, pred)[:, 0]})
-            out["timestep_loss"] = [tuple(np.stack(v) for v in zip(*[_mean_se(terms[(i, k)]["l"])
-                                                                      for k in range(len(steps))], strict=True))
+
+            def step_mean_se(i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+                values = terms[(i, k)]["l"]
+                if steps[k] in antithetic:  # the pairs are the independent draws: their means
+                    values = values.view(2, -1).mean(0)
+                return _mean_se(values)
+
+            out["timestep_loss"] = [tuple(np.stack(v) for v in zip(*[step_mean_se(i, k) for k in range(len(steps))],
+                                                                   strict=True))
                                     for i in range(S)]
         if "trajectory" in names:
             for i in tqdm(range(S), desc="measure trajectories", disable=not progress, mininterval=2):
